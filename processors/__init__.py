@@ -1,0 +1,1 @@
+"""tierstream.processors"""

@@ -1,0 +1,59 @@
+"""Which partition a key goes to: one function for the Publisher and the transport.
+
+The rule is Kafka's default partitioner, which is also what Faust uses with
+its Kafka drivers, so a Faust app moved to ``redis://`` keeps its keys on the
+same partitions:
+
+    partition = (murmur2(key) & 0x7FFFFFFF) % partitions
+
+``murmur2`` is the 32-bit MurmurHash2 of the Java client
+(``org.apache.kafka.common.utils.Utils.murmur2``, seed ``0x9747B28C``) over
+the key's bytes. For MEMORY_TIER_ACCESS events the key is the ASCII query
+fingerprint (:func:`access_key`), so all accesses to one query land on one
+partition and per-partition heavy-hitter counts are disjoint.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+_M = 0x5BD1E995
+_MASK = 0xFFFFFFFF
+
+
+def murmur2(data: bytes) -> int:
+    """Kafka's murmur2 of ``data`` as an unsigned 32-bit value (as aiokafka returns it)."""
+    length = len(data)
+    h = (0x9747B28C ^ length) & _MASK
+    n4 = length & ~3
+    for i in range(0, n4, 4):
+        k = int.from_bytes(data[i : i + 4], "little")
+        k = (k * _M) & _MASK
+        k ^= k >> 24
+        k = (k * _M) & _MASK
+        h = ((h * _M) & _MASK) ^ k
+    extra = length & 3
+    if extra >= 3:
+        h ^= data[n4 + 2] << 16
+    if extra >= 2:
+        h ^= data[n4 + 1] << 8
+    if extra >= 1:
+        h ^= data[n4]
+        h = (h * _M) & _MASK
+    h ^= h >> 13
+    h = (h * _M) & _MASK
+    h ^= h >> 15
+    return h
+
+
+def partition_for(key: bytes, partitions: int) -> int:
+    """Partition of ``key`` among ``partitions`` partitions (Kafka's default rule)."""
+    if partitions <= 0:
+        raise ValueError(f"partitions must be positive, got {partitions}")
+    return (murmur2(key) & 0x7FFFFFFF) % partitions
+
+
+def access_key(event: Mapping[str, Any]) -> bytes:
+    """The partitioning key of a MEMORY_TIER_ACCESS event: its query fingerprint."""
+    return str(event["query_fingerprint"]).encode()

@@ -1,0 +1,1 @@
+"""tierstream.sinks"""
