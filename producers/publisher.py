@@ -209,8 +209,12 @@ class Publisher:
         if left:
             self.stats.dropped += left
             self._buffer.clear()
-            logger.warning("publisher closed with %d events unwritten (counted as dropped); "
-                           "redis at %s did not accept them in time", left, _safe_url(self.redis_url))
+            logger.warning(
+                "publisher closed with %d events unwritten (counted as dropped); "
+                "redis at %s did not accept them in time",
+                left,
+                _safe_url(self.redis_url),
+            )
         if self._client is not None:
             with contextlib.suppress(RedisError, OSError):
                 await self._write_stats(self._client)
@@ -237,10 +241,16 @@ class Publisher:
                 failures += 1
                 delay = self.backoff.compute(failures)
                 if failures == 1 or failures % 20 == 0:
-                    logger.warning("publisher cannot write to redis at %s (%s: %s); %d events "
-                                   "buffered, %d dropped so far; retrying in %.2fs",
-                                   _safe_url(self.redis_url), type(exc).__name__, exc,
-                                   len(self._buffer), self.stats.dropped, delay)
+                    logger.warning(
+                        "publisher cannot write to redis at %s (%s: %s); %d events "
+                        "buffered, %d dropped so far; retrying in %.2fs",
+                        _safe_url(self.redis_url),
+                        type(exc).__name__,
+                        exc,
+                        len(self._buffer),
+                        self.stats.dropped,
+                        delay,
+                    )
                 await self._drop_client()
                 await asyncio.sleep(delay)
             else:
@@ -250,8 +260,10 @@ class Publisher:
         if self._client is not None:
             return self._client
         client = aioredis.Redis.from_url(
-            self.redis_url, socket_timeout=self.socket_timeout,
-            socket_connect_timeout=min(self.socket_timeout, 2.0))
+            self.redis_url,
+            socket_timeout=self.socket_timeout,
+            socket_connect_timeout=min(self.socket_timeout, 2.0),
+        )
         try:
             await self._ensure_topic(client)
         except BaseException:
@@ -328,8 +340,11 @@ class Publisher:
                         if not chunk:
                             continue
                         value = dumps(chunk)
-                    fields: dict[bytes, bytes] = {VALUE: value, TIMESTAMP: ts,
-                                                  COUNT: b"%d" % len(chunk)}
+                    fields: dict[bytes, bytes] = {
+                        VALUE: value,
+                        TIMESTAMP: ts,
+                        COUNT: b"%d" % len(chunk),
+                    }
                     pipe.xadd(key, fields, id="0-*", maxlen=self.maxlen, approximate=True)  # type: ignore[arg-type]
                     entries += 1
             await pipe.execute()
@@ -355,8 +370,9 @@ class Publisher:
                 orjson.dumps(ev)
             except TypeError as exc:
                 self.stats.unencodable += 1
-                logger.error("publisher dropped an event that is not JSON-encodable (%s): %.200r",
-                             exc, ev)
+                logger.error(
+                    "publisher dropped an event that is not JSON-encodable (%s): %.200r", exc, ev
+                )
             else:
                 good.append(ev)
         return good
@@ -381,9 +397,17 @@ class Publisher:
         s = self.stats
         key = publisher_stats_key(self.publisher_id)
         pipe = client.pipeline(transaction=False)
-        pipe.hset(key, mapping={"topic": self.topic, "sent": s.sent, "dropped": s.dropped,
-                                "write_errors": s.write_errors, "buffered": len(self._buffer),
-                                "ts": time.time()})
+        pipe.hset(
+            key,
+            mapping={
+                "topic": self.topic,
+                "sent": s.sent,
+                "dropped": s.dropped,
+                "write_errors": s.write_errors,
+                "buffered": len(self._buffer),
+                "ts": time.time(),
+            },
+        )
         pipe.expire(key, 86_400)
         await pipe.execute()
 
@@ -401,8 +425,7 @@ class SyncPublisher:
         self.publisher: Publisher | None = None
         self._options = options
         self._url = redis_url
-        self._thread = threading.Thread(target=self._main, name="tierstream-publisher",
-                                        daemon=True)
+        self._thread = threading.Thread(target=self._main, name="tierstream-publisher", daemon=True)
         self._thread.start()
         self._ready.wait()
         assert self.publisher is not None
@@ -414,8 +437,12 @@ class SyncPublisher:
         async def boot() -> None:
             pub = Publisher(self._url, **self._options)
             loop = self._loop
+
             # emit() runs on the caller's threads: wake the writer through the loop.
-            pub._wake = lambda: loop.call_soon_threadsafe(pub._wakeup.set)  # type: ignore[method-assign]
+            def wake() -> None:
+                loop.call_soon_threadsafe(pub._wakeup.set)
+
+            pub._wake = wake  # type: ignore[method-assign]
             self.publisher = pub
             await pub.start()
 

@@ -46,11 +46,22 @@ TIER_ATTEMPT = Record(
     title="TierAttempt",
     description="One tier tried during an access.",
     fields=(
-        Field("latency_ms", "number", "Time spent in this tier (monotonic clock), ms.",
-              minimum=0, maximum=MAX_LATENCY_MS),
+        Field(
+            "latency_ms",
+            "number",
+            "Time spent in this tier (monotonic clock), ms.",
+            minimum=0,
+            maximum=MAX_LATENCY_MS,
+        ),
         Field("hit", "boolean", "get/search: the tier had the value; put: the tier stored it."),
-        Field("error", "string", "Error raised by the tier (type: message), or null.",
-              required=False, nullable=True, max_length=2000),
+        Field(
+            "error",
+            "string",
+            "Error raised by the tier (type: message), or null.",
+            required=False,
+            nullable=True,
+            max_length=2000,
+        ),
     ),
 )
 
@@ -60,29 +71,79 @@ ACCESS_RECORD = Record(
     version=SCHEMA_VERSION,
     description="One access (get, search or put) through a tiered agent memory.",
     fields=(
-        Field("schema_version", "integer", "Version of this record's schema.", const=SCHEMA_VERSION),
+        Field(
+            "schema_version", "integer", "Version of this record's schema.", const=SCHEMA_VERSION
+        ),
         Field("event_type", "string", "Always memory_tier_access.", const=EVENT_TYPE),
         Field("event_id", "string", "Unique id of this event.", max_length=128),
-        Field("ts", "number", "When the access started, epoch seconds.", minimum=MIN_TS,
-              maximum=MAX_TS),
+        Field(
+            "ts",
+            "number",
+            "When the access started, epoch seconds.",
+            minimum=MIN_TS,
+            maximum=MAX_TS,
+        ),
         Field("agent_id", "string", "The agent that made the access.", max_length=256),
-        Field("user_id", "string", "The end user on whose behalf, if known.", nullable=True,
-              required=False, max_length=256),
-        Field("session_id", "string", "The agent session, if known.", nullable=True,
-              required=False, max_length=256),
+        Field(
+            "user_id",
+            "string",
+            "The end user on whose behalf, if known.",
+            nullable=True,
+            required=False,
+            max_length=256,
+        ),
+        Field(
+            "session_id",
+            "string",
+            "The agent session, if known.",
+            nullable=True,
+            required=False,
+            max_length=256,
+        ),
         Field("operation", "string", "Kind of access.", enum=OPERATIONS),
-        Field("query", "string", "The query or key; null when redacted.", nullable=True,
-              required=False, max_length=65536),
-        Field("query_fingerprint", "string",
-              "16 hex digits of BLAKE2b-64 over the normalized query.", max_length=64),
-        Field("query_type", "string", "Application-defined kind of query.", nullable=True,
-              required=False, max_length=128),
-        Field("tier_accessed", "string", "Tier that answered (get/search) or first tier that "
-              "stored (put); null on a full miss.", nullable=True, max_length=128),
-        Field("tier_latencies", "map", "Per tier tried, in order: latency, hit, error.",
-              values=TIER_ATTEMPT, max_entries=32),
-        Field("total_latency_ms", "number", "End-to-end latency of the access, ms.", minimum=0,
-              maximum=MAX_LATENCY_MS),
+        Field(
+            "query",
+            "string",
+            "The query or key; null when redacted.",
+            nullable=True,
+            required=False,
+            max_length=65536,
+        ),
+        Field(
+            "query_fingerprint",
+            "string",
+            "16 hex digits of BLAKE2b-64 over the normalized query.",
+            max_length=64,
+        ),
+        Field(
+            "query_type",
+            "string",
+            "Application-defined kind of query.",
+            nullable=True,
+            required=False,
+            max_length=128,
+        ),
+        Field(
+            "tier_accessed",
+            "string",
+            "Tier that answered (get/search) or first tier that stored (put); null on a full miss.",
+            nullable=True,
+            max_length=128,
+        ),
+        Field(
+            "tier_latencies",
+            "map",
+            "Per tier tried, in order: latency, hit, error.",
+            values=TIER_ATTEMPT,
+            max_entries=32,
+        ),
+        Field(
+            "total_latency_ms",
+            "number",
+            "End-to-end latency of the access, ms.",
+            minimum=0,
+            maximum=MAX_LATENCY_MS,
+        ),
         Field("cache_hit", "boolean", "get/search answered by the first tier tried."),
         Field("result_count", "integer", "Number of results returned.", minimum=0),
     ),
@@ -151,6 +212,8 @@ def validate_access(obj: Any) -> AccessEvent:
         expect = served is not None and served == first
         if obj["cache_hit"] != expect:
             raise ValidationError(
-                "cache_hit", f"is {obj['cache_hit']} but tier_accessed={served!r} and the "
-                f"first tier tried is {first!r}")
-    return obj  # type: ignore[no-any-return]
+                "cache_hit",
+                f"is {obj['cache_hit']} but tier_accessed={served!r} and the "
+                f"first tier tried is {first!r}",
+            )
+    return obj

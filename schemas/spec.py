@@ -68,8 +68,14 @@ class Record:
 def _type_name(value: Any) -> str:
     if value is None:
         return "null"
-    return {bool: "boolean", int: "integer", float: "number", str: "string", dict: "object",
-            list: "array"}.get(type(value), type(value).__name__)
+    return {
+        bool: "boolean",
+        int: "integer",
+        float: "number",
+        str: "string",
+        dict: "object",
+        list: "array",
+    }.get(type(value), type(value).__name__)
 
 
 def check_value(f: Field, value: Any, path: str) -> None:
@@ -110,9 +116,8 @@ def check_value(f: Field, value: Any, path: str) -> None:
             if not k:
                 raise ValidationError(path, "keys must be non-empty strings")
             validate(f.values, v, f"{path}.{k}")
-    elif kind == "object":
-        if t is not dict:
-            raise ValidationError(path, f"must be an object, got {_type_name(value)}")
+    elif kind == "object" and t is not dict:
+        raise ValidationError(path, f"must be an object, got {_type_name(value)}")
     if f.const is not None and value != f.const:
         raise ValidationError(path, f"must be {f.const!r}, got {value!r}")
 

@@ -53,7 +53,8 @@ def offset_of(entry_id: bytes | str) -> int:
     if major != ID_MAJOR or not sep or not seq.isdigit() or int(seq) < 1:
         raise WireFormatError(
             f"entry id {raw.decode(errors='replace')} is not of the form 0-<n>: it was not "
-            "written with XADD <stream> 0-* (only the transport and Publisher may write topics)")
+            "written with XADD <stream> 0-* (only the transport and Publisher may write topics)"
+        )
     return int(seq) - 1
 
 
@@ -62,9 +63,13 @@ def entry_id_of(offset: int) -> bytes:
     return b"0-%d" % (offset + 1)
 
 
-def encode_entry(value: bytes, key: bytes | None = None, timestamp_ms: int | None = None,
-                 headers: dict[str, str] | None = None, count: int | None = None
-                 ) -> dict[bytes, bytes]:
+def encode_entry(
+    value: bytes,
+    key: bytes | None = None,
+    timestamp_ms: int | None = None,
+    headers: dict[str, str] | None = None,
+    count: int | None = None,
+) -> dict[bytes, bytes]:
     """Fields of one stream entry (pass to ``XADD stream 0-* **fields``)."""
     fields: dict[bytes, bytes] = {VALUE: value}
     if key is not None:
@@ -78,8 +83,9 @@ def encode_entry(value: bytes, key: bytes | None = None, timestamp_ms: int | Non
     return fields
 
 
-def decode_entry(fields: dict[bytes, bytes]
-                 ) -> tuple[bytes | None, bytes, int | None, dict[str, str] | None]:
+def decode_entry(
+    fields: dict[bytes, bytes],
+) -> tuple[bytes | None, bytes, int | None, dict[str, str] | None]:
     """``(key, value, timestamp_ms, headers)`` of an entry; :class:`WireFormatError`
     naming the problem when the entry is not in this format."""
     value = fields.get(VALUE)
@@ -119,4 +125,5 @@ def decode_events(value: bytes) -> list[Any]:
     if isinstance(decoded, dict):
         return [decoded]
     raise WireFormatError(
-        f"value must be a JSON object or an array of objects, got {type(decoded).__name__}")
+        f"value must be a JSON object or an array of objects, got {type(decoded).__name__}"
+    )

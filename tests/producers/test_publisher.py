@@ -11,7 +11,6 @@ import orjson
 import pytest
 import redis
 import redis.asyncio as aioredis
-
 from tierstream.producers.publisher import Publisher, SyncPublisher
 from tierstream.schemas.access import fingerprint, validate_access
 from tierstream.schemas.names import ACCESS_TOPIC, stream_key, topic_meta_key
@@ -24,26 +23,35 @@ from ..conftest import PrivateRedis, free_port
 def make_event(i: int, query: str | None = None) -> dict[str, Any]:
     q = query if query is not None else f"what is item {i % 97}?"
     return {
-        "schema_version": 1, "event_type": "memory_tier_access", "event_id": f"ev-{i}",
-        "ts": 1_700_000_000.0 + i, "agent_id": "agent-1", "user_id": None, "session_id": "s",
-        "operation": "get", "query": q, "query_fingerprint": fingerprint(q),
-        "query_type": None, "tier_accessed": "redis",
+        "schema_version": 1,
+        "event_type": "memory_tier_access",
+        "event_id": f"ev-{i}",
+        "ts": 1_700_000_000.0 + i,
+        "agent_id": "agent-1",
+        "user_id": None,
+        "session_id": "s",
+        "operation": "get",
+        "query": q,
+        "query_fingerprint": fingerprint(q),
+        "query_type": None,
+        "tier_accessed": "redis",
         "tier_latencies": {"redis": {"latency_ms": 0.4, "hit": True, "error": None}},
-        "total_latency_ms": 0.5, "cache_hit": True, "result_count": 1,
+        "total_latency_ms": 0.5,
+        "cache_hit": True,
+        "result_count": 1,
     }
 
 
-def read_topic(url: str, topic: str = ACCESS_TOPIC, partitions: int = 8
-               ) -> dict[int, list[dict[str, Any]]]:
+def read_topic(
+    url: str, topic: str = ACCESS_TOPIC, partitions: int = 8
+) -> dict[int, list[dict[str, Any]]]:
     """Every event in every partition stream, in stream order, checking the wire format."""
     client = redis.Redis.from_url(url)
     out: dict[int, list[dict[str, Any]]] = {}
     for p in range(partitions):
         events: list[dict[str, Any]] = []
-        expected_offset = 0
-        for entry_id, fields in client.xrange(stream_key(topic, p)):
+        for expected_offset, (entry_id, fields) in enumerate(client.xrange(stream_key(topic, p))):
             assert offset_of(entry_id) == expected_offset, "offsets must be dense"
-            expected_offset += 1
             _key, value, ts, _h = decode_entry(fields)
             assert ts is not None
             batch = decode_events(value)
@@ -155,6 +163,7 @@ async def test_unencodable_event_is_counted_and_the_rest_written(redis_url: str)
 
 def test_sync_publisher_from_threads(redis_url: str) -> None:
     with SyncPublisher(redis_url) as pub:
+
         def work(base: int) -> None:
             for i in range(base, base + 1000):
                 pub.emit(make_event(i))
