@@ -16,6 +16,9 @@ nearest records whose distance is at most ``max_distance`` (cosine distance,
 
 chromadb's client is synchronous: every call runs in a worker thread
 (``asyncio.to_thread``) so the event loop keeps going.
+
+The tier reads only records in its own format (``v`` and ``exp`` metadata):
+point it at a collection it writes, not at an existing foreign collection.
 """
 
 from __future__ import annotations
