@@ -30,7 +30,6 @@ import os
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -58,6 +57,8 @@ logger = logging.getLogger(__name__)
 _PARTITION_CACHE_MAX = 200_000
 #: How often the publisher's counters are written to its stats hash, seconds.
 _STATS_INTERVAL_S = 5.0
+
+_dumps = orjson.dumps
 
 
 @dataclass
@@ -109,7 +110,7 @@ class Publisher:
         max_buffer: int = 100_000,
         batch_size: int = 1000,
         max_round: int = 50_000,
-        linger_s: float = 0.005,
+        linger_s: float = 0.05,
         maxlen: int | None = None,
         backoff: AbstractBackoff | None = None,
         close_timeout: float = 10.0,
@@ -121,7 +122,8 @@ class Publisher:
         self.redis_url = redis_url
         self.topic = topic
         self.default_partitions = partitions
-        self.partitions: int | None = None
+        #: partition count in use: the topic's, once the publisher has seen Redis
+        self.partitions = partitions
         self.max_buffer = max_buffer
         self.batch_size = batch_size
         self.max_round = max_round
@@ -132,11 +134,19 @@ class Publisher:
         self.socket_timeout = socket_timeout
         self.publisher_id = publisher_id or f"{os.uname().nodename}-{os.getpid()}-{id(self):x}"
         self.stats = PublisherStats()
-        self._buffer: deque[AccessEvent] = deque()
+        #: encoded events waiting to be written, one queue per partition
+        self._queues: list[deque[bytes]] = [deque() for _ in range(partitions)]
+        self._count = 0
+        self._inflight = 0
+        #: held by the writer while it moves bytes out of the queues; SyncPublisher
+        #: puts a real lock here because its callers emit from other threads
+        self._lock: contextlib.AbstractContextManager[Any] = contextlib.nullcontext()
         self._wakeup = asyncio.Event()
-        self._wake_at = max(1, batch_size)
+        # Wake the writer early only for a large backlog: every round it runs lands
+        # between the agent's own awaits, so fewer, larger rounds keep p99 low.
+        self._wake_at = max(1, min(max_buffer // 2, 10 * batch_size))
         self._part_cache: dict[str, int] = {}
-        self._streams: list[str] = []
+        self._streams = [stream_key(topic, p) for p in range(partitions)]
         self._client: aioredis.Redis | None = None
         self._task: asyncio.Task[None] | None = None
         self._closing = False
@@ -147,22 +157,60 @@ class Publisher:
     # -- the caller's path ---------------------------------------------------
 
     def emit(self, event: AccessEvent) -> None:
-        """Queue one event. Never blocks, never raises; drops (and counts) when full."""
-        buf = self._buffer
-        n = len(buf)
-        if n >= self.max_buffer or self._closed:
+        """Queue one event. Never blocks, never raises; drops (and counts) when full.
+
+        The event is encoded here, once: buffering bytes rather than dicts keeps
+        the garbage collector's young generation small in the agent process.
+        """
+        if self._count >= self.max_buffer or self._closed:
             self.stats.dropped += 1
             return
-        buf.append(event)
-        if n + 1 == self._wake_at:
+        try:
+            data = _dumps(event)
+            fp = event["query_fingerprint"]
+            p = self._part_cache[fp]
+        except KeyError:
+            p = self._partition_of(event)
+            if p < 0:
+                return
+        except TypeError as exc:
+            self._unencodable(event, exc)
+            return
+        self._queues[p].append(data)
+        self._count += 1
+        if self._count == self._wake_at:
             self._wake()
+
+    def _partition_of(self, event: AccessEvent) -> int:
+        """Partition of an event whose fingerprint is not cached yet (-1: not encodable)."""
+        try:
+            _dumps(event)
+        except TypeError as exc:
+            self._unencodable(event, exc)
+            return -1
+        fp = str(event.get("query_fingerprint") or "")
+        cache = self._part_cache
+        if len(cache) >= _PARTITION_CACHE_MAX:
+            cache.clear()
+        p = cache[fp] = partition_for(fp.encode(), len(self._queues))
+        return p
+
+    def _unencodable(self, event: AccessEvent, exc: Exception) -> None:
+        self.stats.unencodable += 1
+        if self.stats.unencodable == 1 or self.stats.unencodable % 1000 == 0:
+            logger.error(
+                "publisher dropped an event that is not JSON-encodable (%s; %d so far): %.200r",
+                exc,
+                self.stats.unencodable,
+                event,
+            )
 
     def _wake(self) -> None:
         self._wakeup.set()
 
     @property
     def buffered(self) -> int:
-        return len(self._buffer)
+        return self._count + self._inflight
 
     # -- lifecycle -------------------------------------------------------------
 
@@ -185,7 +233,7 @@ class Publisher:
         """Wait until everything emitted so far is acknowledged; False on timeout."""
         deadline = None if timeout is None else time.monotonic() + timeout
         self._wake()
-        while self._buffer or self._inflight:
+        while self._count or self._inflight:
             if deadline is not None and time.monotonic() >= deadline:
                 return False
             self._wake()
@@ -205,10 +253,12 @@ class Publisher:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
-        left = len(self._buffer) + self._inflight
+        left = self.buffered
         if left:
             self.stats.dropped += left
-            self._buffer.clear()
+            for q in self._queues:
+                q.clear()
+            self._count = 0
             logger.warning(
                 "publisher closed with %d events unwritten (counted as dropped); "
                 "redis at %s did not accept them in time",
@@ -222,8 +272,6 @@ class Publisher:
             self._client = None
 
     # -- the background writer ------------------------------------------------
-
-    _inflight = 0
 
     async def _run(self) -> None:
         failures = 0
@@ -247,7 +295,7 @@ class Publisher:
                         _safe_url(self.redis_url),
                         type(exc).__name__,
                         exc,
-                        len(self._buffer),
+                        self._count,
                         self.stats.dropped,
                         delay,
                     )
@@ -293,22 +341,37 @@ class Publisher:
         *_, raw = await pipe.execute()
         partitions = int(raw)
         if partitions != self.partitions:
+            self._repartition(partitions)
+
+    def _repartition(self, partitions: int) -> None:
+        """Switch to the topic's real partition count, moving what is buffered (rare)."""
+        logger.info(
+            "topic %s has %d partitions (publisher assumed %d)",
+            self.topic,
+            partitions,
+            self.partitions,
+        )
+        with self._lock:
+            old = [data for q in self._queues for data in q]
             self.partitions = partitions
             self._part_cache.clear()
             self._streams = [stream_key(self.topic, p) for p in range(partitions)]
+            self._queues = [deque() for _ in range(partitions)]
+            for data in old:
+                fp = str(orjson.loads(data).get("query_fingerprint") or "")
+                self._queues[partition_for(fp.encode(), partitions)].append(data)
 
     async def _pump(self, client: aioredis.Redis) -> None:
-        buf = self._buffer
-        while not (self._closed and not buf):
-            if not buf:
+        while not (self._closed and not self._count):
+            if not self._count:
                 self._wakeup.clear()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wakeup.wait(), timeout=0.25)
-            elif len(buf) < self.batch_size and not self._closing and self.linger_s > 0:
+            elif self._count < self.batch_size and not self._closing and self.linger_s > 0:
                 self._wakeup.clear()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wakeup.wait(), timeout=self.linger_s)
-            if buf:
+            if self._count:
                 await self._write_round(client)
             now = time.monotonic()
             if now - self._stats_at >= _STATS_INTERVAL_S:
@@ -316,32 +379,30 @@ class Publisher:
                 await self._write_stats(client)
 
     async def _write_round(self, client: aioredis.Redis) -> None:
-        buf = self._buffer
-        take = min(len(buf), self.max_round)
-        popleft = buf.popleft
-        events = [popleft() for _ in range(take)]
-        self._inflight = take
-        unencodable_before = self.stats.unencodable
+        """Write what is queued (at most ``max_round`` events) in one pipelined round trip."""
+        taken: list[tuple[int, list[bytes]]] = []
+        budget = self.max_round
+        with self._lock:
+            for p, q in enumerate(self._queues):
+                n = min(len(q), budget)
+                if n:
+                    popleft = q.popleft
+                    taken.append((p, [popleft() for _ in range(n)]))
+                    budget -= n
+            total = self.max_round - budget
+            self._count -= total
+            self._inflight = total
         try:
-            groups = self._group(events)
             pipe = client.pipeline(transaction=False)
             ts = b"%d" % int(time.time() * 1000)
             size = self.batch_size
-            dumps = orjson.dumps
             entries = 0
-            for p, evs in groups.items():
+            for p, items in taken:
                 key = self._streams[p]
-                for i in range(0, len(evs), size):
-                    chunk = evs[i : i + size]
-                    try:
-                        value = dumps(chunk)
-                    except TypeError:
-                        chunk = self._encodable(chunk)
-                        if not chunk:
-                            continue
-                        value = dumps(chunk)
+                for i in range(0, len(items), size):
+                    chunk = items[i : i + size]
                     fields: dict[bytes, bytes] = {
-                        VALUE: value,
+                        VALUE: b"[" + b",".join(chunk) + b"]",
                         TIMESTAMP: ts,
                         COUNT: b"%d" % len(chunk),
                     }
@@ -349,49 +410,20 @@ class Publisher:
                     entries += 1
             await pipe.execute()
         except BaseException:
-            # Not acknowledged: back to the head of the buffer, oldest first, within bounds.
-            self.stats.unencodable = unencodable_before
-            room = self.max_buffer - len(buf)
-            if room < take:
-                self.stats.dropped += take - room
-                events = events[take - room :] if room > 0 else []
-            buf.extendleft(reversed(events))
+            # Not acknowledged: back to the head of their queues, within the bound.
+            with self._lock:
+                room = max(0, self.max_buffer - self._count)
+                for p, items in taken:
+                    keep = items[len(items) - min(room, len(items)) :]
+                    self.stats.dropped += len(items) - len(keep)
+                    room -= len(keep)
+                    self._queues[p].extendleft(reversed(keep))
+                    self._count += len(keep)
+                self._inflight = 0
             raise
-        finally:
-            self._inflight = 0
-        self.stats.sent += take - (self.stats.unencodable - unencodable_before)
+        self._inflight = 0
+        self.stats.sent += total
         self.stats.entries += entries
-
-    def _encodable(self, chunk: list[AccessEvent]) -> list[AccessEvent]:
-        """The events of ``chunk`` that orjson can encode; the rest are counted and logged."""
-        good = []
-        for ev in chunk:
-            try:
-                orjson.dumps(ev)
-            except TypeError as exc:
-                self.stats.unencodable += 1
-                logger.error(
-                    "publisher dropped an event that is not JSON-encodable (%s): %.200r", exc, ev
-                )
-            else:
-                good.append(ev)
-        return good
-
-    def _group(self, events: list[AccessEvent]) -> dict[int, list[AccessEvent]]:
-        """Events by partition (the partition of each fingerprint is cached)."""
-        cache = self._part_cache
-        n = self.partitions or self.default_partitions
-        lists: list[list[AccessEvent]] = [[] for _ in range(n)]
-        for ev in events:
-            fp = ev.get("query_fingerprint") or ""
-            try:
-                p = cache[fp]
-            except KeyError:
-                if len(cache) >= _PARTITION_CACHE_MAX:
-                    cache.clear()
-                p = cache[fp] = partition_for(fp.encode(), n)
-            lists[p].append(ev)
-        return {p: evs for p, evs in enumerate(lists) if evs}
 
     async def _write_stats(self, client: aioredis.Redis) -> None:
         s = self.stats
@@ -404,7 +436,7 @@ class Publisher:
                 "sent": s.sent,
                 "dropped": s.dropped,
                 "write_errors": s.write_errors,
-                "buffered": len(self._buffer),
+                "buffered": self.buffered,
                 "ts": time.time(),
             },
         )
@@ -422,6 +454,7 @@ class SyncPublisher:
     def __init__(self, redis_url: str, **options: Any) -> None:
         self._loop = asyncio.new_event_loop()
         self._ready = threading.Event()
+        self._lock = threading.Lock()
         self.publisher: Publisher | None = None
         self._options = options
         self._url = redis_url
@@ -429,7 +462,12 @@ class SyncPublisher:
         self._thread.start()
         self._ready.wait()
         assert self.publisher is not None
-        self.emit: Callable[[AccessEvent], None] = self.publisher.emit
+        self._emit = self.publisher.emit
+
+    def emit(self, event: AccessEvent) -> None:
+        """Queue one event; safe from any thread. Never blocks on Redis, never raises."""
+        with self._lock:
+            self._emit(event)
 
     def _main(self) -> None:
         asyncio.set_event_loop(self._loop)
@@ -443,6 +481,7 @@ class SyncPublisher:
                 loop.call_soon_threadsafe(pub._wakeup.set)
 
             pub._wake = wake  # type: ignore[method-assign]
+            pub._lock = self._lock
             self.publisher = pub
             await pub.start()
 
