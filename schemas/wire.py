@@ -28,6 +28,10 @@ Fields (names are single bytes to keep entries small):
 ``n`` (optional)
     Number of events in ``v`` when it is a batch (lets tools count without
     decoding).
+``z`` (optional)
+    Present (value ``1``): the message value is null, not ``v`` (which is then
+    empty). Kafka's tombstone: Faust writes one to a table's changelog when a
+    key is deleted. Only the redis:// transport writes it.
 
 Any other field is ignored, so the format can grow.
 """
@@ -41,6 +45,9 @@ import orjson
 from .errors import WireFormatError
 
 VALUE, KEY, TIMESTAMP, HEADERS, COUNT = b"v", b"k", b"t", b"h", b"n"
+
+#: Marks a null value (see ``z`` above).
+TOMBSTONE = b"z"
 
 #: Entry ids the transport writes: ``0-<sequence>``.
 ID_MAJOR = b"0"
