@@ -30,6 +30,7 @@ import os
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -462,7 +463,7 @@ class SyncPublisher:
         self._thread.start()
         self._ready.wait()
         assert self.publisher is not None
-        self._emit = self.publisher.emit
+        self._emit: Callable[[AccessEvent], None] = self.publisher.emit
 
     def emit(self, event: AccessEvent) -> None:
         """Queue one event; safe from any thread. Never blocks on Redis, never raises."""

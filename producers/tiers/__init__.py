@@ -39,6 +39,7 @@ if TYPE_CHECKING:
     from .instrument import FunctionTier, TierNotImplementedError, as_tier
     from .postgres import PostgresTier
     from .redis import RedisTier
+    from .sqlite import SqliteTier
 
 _LAZY = {
     "ChromaTier": "chroma",
@@ -48,6 +49,7 @@ _LAZY = {
     "as_tier": "instrument",
     "PostgresTier": "postgres",
     "RedisTier": "redis",
+    "SqliteTier": "sqlite",
 }
 
 
@@ -69,6 +71,7 @@ __all__ = [
     "HashingEmbedding",
     "PostgresTier",
     "RedisTier",
+    "SqliteTier",
     "TierNotImplementedError",
     "as_tier",
     "search_cache_key",
