@@ -194,3 +194,22 @@ def test_wire_value_is_plain_json_for_other_languages(redis_url: str) -> None:
 def test_bad_settings_are_rejected(bad: int) -> None:
     with pytest.raises(ValueError):
         Publisher("redis://127.0.0.1:6379/0", max_buffer=bad)
+
+
+async def test_agent_calls_succeed_while_telemetry_redis_is_down(redis_url: str) -> None:
+    """The memory's own tier works; only the telemetry Redis is unreachable."""
+    from tierstream.producers.memory import TieredMemory
+    from tierstream.producers.tiers import RedisTier
+
+    pub = Publisher(f"redis://127.0.0.1:{free_port()}/0", max_buffer=50, close_timeout=0.2)
+    await pub.start()
+    mem = TieredMemory([RedisTier(redis_url, prefix="t:")], sink=pub, agent_id="a")
+    await mem.put("k", {"v": 1})
+    t0 = time.perf_counter()
+    for _ in range(199):
+        assert await mem.get("k") == {"v": 1}
+    assert time.perf_counter() - t0 < 5
+    await mem.close()
+    await pub.close()
+    assert pub.stats.sent == 0
+    assert pub.stats.dropped == 200  # 150 beyond the buffer, 50 unwritten at close
