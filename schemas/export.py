@@ -13,9 +13,10 @@ import orjson
 
 from .access import ACCESS_RECORD
 from .spec import Record, json_schema
+from .summary import SUMMARY_RECORD
 
 #: Every record with a published schema (later records are added here).
-RECORDS: tuple[Record, ...] = (ACCESS_RECORD,)
+RECORDS: tuple[Record, ...] = (ACCESS_RECORD, SUMMARY_RECORD)
 
 SCHEMA_DIR = Path(__file__).resolve().parent / "jsonschema"
 

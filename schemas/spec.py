@@ -2,7 +2,8 @@
 the JSON Schema export, so the two cannot disagree.
 
 Only what the tierstream records need is supported: scalar fields with
-bounds, enums, nullability, and maps from a string to a nested record.
+bounds, enums, nullability, maps from a string to a nested record, a nested
+record, and lists of nested records.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from typing import Any, Literal
 
 from .errors import ValidationError
 
-Kind = Literal["string", "number", "integer", "boolean", "map", "object"]
+Kind = Literal["string", "number", "integer", "boolean", "map", "object", "record", "list"]
 
 _JSON_TYPE = {
     "string": "string",
@@ -23,6 +24,8 @@ _JSON_TYPE = {
     "boolean": "boolean",
     "map": "object",
     "object": "object",
+    "record": "object",
+    "list": "array",
 }
 
 
@@ -40,9 +43,10 @@ class Field:
     minimum: float | None = None
     maximum: float | None = None
     max_length: int | None = None
-    #: for ``kind="map"``: the record every value must satisfy
+    #: for ``kind="map"``: the record every value must satisfy; for
+    #: ``kind="list"``: every item; for ``kind="record"``: the value itself
     values: Record | None = None
-    #: for ``kind="map"``: most entries allowed
+    #: for ``kind="map"`` and ``kind="list"``: most entries (items) allowed
     max_entries: int | None = None
 
 
@@ -116,6 +120,17 @@ def check_value(f: Field, value: Any, path: str) -> None:
             if not k:
                 raise ValidationError(path, "keys must be non-empty strings")
             validate(f.values, v, f"{path}.{k}")
+    elif kind == "record":
+        assert f.values is not None
+        validate(f.values, value, path)
+    elif kind == "list":
+        if t is not list:
+            raise ValidationError(path, f"must be an array, got {_type_name(value)}")
+        if f.max_entries is not None and len(value) > f.max_entries:
+            raise ValidationError(path, f"has {len(value)} items; at most {f.max_entries}")
+        assert f.values is not None
+        for i, v in enumerate(value):
+            validate(f.values, v, f"{path}[{i}]")
     elif kind == "object" and t is not dict:
         raise ValidationError(path, f"must be an object, got {_type_name(value)}")
     if f.const is not None and value != f.const:
@@ -159,6 +174,17 @@ def _field_schema(f: Field) -> dict[str, Any]:
         s["propertyNames"] = {"minLength": 1}
         if f.max_entries is not None:
             s["maxProperties"] = f.max_entries
+    elif f.kind == "record":
+        assert f.values is not None
+        nested = _object_schema(f.values)
+        nested.pop("type")
+        s.update(nested)
+        s["description"] = f.description
+    elif f.kind == "list":
+        assert f.values is not None
+        s["items"] = _object_schema(f.values)
+        if f.max_entries is not None:
+            s["maxItems"] = f.max_entries
     return s
 
 
