@@ -197,7 +197,8 @@ class Transport(base.Transport):
         Kafka's murmur2 rule (Faust's default with Kafka, so keys land on the
         same partitions as they would there); unkeyed messages go round-robin.
         """
-        custom: Any = self.app.conf.producer_partitioner
+        conf: Any = self.app.conf  # a Param descriptor that mypy cannot read through
+        custom = conf.producer_partitioner
         if custom is not None:
             all_partitions = list(range(partitions))
             return int(custom(key, all_partitions, all_partitions))

@@ -24,6 +24,7 @@ after a restart (at-least-once).
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any, ClassVar, cast
@@ -124,7 +125,7 @@ class Consumer(faust_consumer.Consumer):
         topics: dict[str, int] = {}
         for topic in sorted(self._subscribed):
             topics[topic] = await transport.retrying(
-                lambda t=topic: transport.ensure_topic(t), "declare topic", self._stopping
+                functools.partial(transport.ensure_topic, topic), "declare topic", self._stopping
             )
         assignment: Assignment = self._membership.assign(topics)
         self.log.info(
@@ -209,7 +210,7 @@ class Consumer(faust_consumer.Consumer):
             return False
         try:
             await self.transport.retrying(
-                lambda: self.transport.client.hset(self._group_key, mapping=mapping),
+                lambda: self.transport.client.hset(self._group_key, mapping=cast(Any, mapping)),
                 "commit offsets",
                 self._stopping,
             )
