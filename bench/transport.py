@@ -1,0 +1,387 @@
+"""Benchmark of the redis:// Faust transport against Faust's own ceiling and raw Redis.
+
+    python bench/transport.py            # 200k messages, 3 repeats, medians
+    python bench/transport.py --quick    # 50k messages, 1 repeat, < 60 s
+    python bench/transport.py --profile  # also cProfile one consume run, print hot spots
+
+All phases use the same messages: ``--messages`` values of about 100 bytes of
+JSON, keyed ``k<i % 1000>``, on a topic of ``--partitions`` partitions, in
+Redis DB 13 (flushed at start and at the end; no other database is touched).
+
+produce
+    In this process: the app's producer (``topic.send()`` N times, then
+    ``producer.flush()``); N / elapsed.
+consume
+    A child process runs ``faust.Worker`` with a trivial agent that counts the
+    messages of the topic produced above (fresh consumer group, commits as
+    usual). Rate: (N - 1) / (time of message N - time of message 1), taken
+    inside the agent, so worker start-up and rebalancing are not counted.
+channel
+    Same child and agent, but the agent reads an in-memory ``app.channel()``
+    that a task in the same worker feeds with the same messages, building a
+    ``Message`` for each and doing what the conductor does with a topic message
+    (``channel.decode``, then ``channel.put`` to the agent's stream): Faust's
+    own ceiling with no transport.
+raw_xread
+    In this process: plain redis-py ``XREAD COUNT 1000`` over all partitions
+    until N entries were read; N / elapsed.
+
+With repeats, each phase reports the median. The last line printed is
+``transport: consume_msgs_per_s=<x> channel_msgs_per_s=<c> produce_msgs_per_s=<y>
+raw_xread_per_s=<z>``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import cProfile
+import json
+import os
+import pstats
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, cast
+
+import redis
+
+REDIS_HOST = os.environ.get("BENCH_REDIS_HOST", "127.0.0.1")
+REDIS_PORT = int(os.environ.get("BENCH_REDIS_PORT", "6379"))
+REDIS_DB = 13
+BROKER = f"redis://{REDIS_HOST}:{REDIS_PORT}/{REDIS_DB}"
+KEYS = 1000
+
+
+def make_values(n: int) -> list[bytes]:
+    """``n`` JSON values of about 100 bytes (the same list in every phase)."""
+    tiers = ("redis", "postgresql", "chroma")
+    return [
+        json.dumps(
+            {
+                "i": i,
+                "tier": tiers[i % 3],
+                "latency_ms": round(0.5 + (i % 997) / 7, 3),
+                "hit": i % 4 != 0,
+                "agent": f"agent-{i % 17}",
+                "pad": "x" * 12,
+            },
+            separators=(",", ":"),
+        ).encode()
+        for i in range(n)
+    ]
+
+
+def key_of(i: int) -> bytes:
+    return b"k%d" % (i % KEYS)
+
+
+# --- produce (in this process) -------------------------------------------------------
+
+
+async def produce(topic_name: str, values: list[bytes], partitions: int) -> float:
+    """Send every value through the app's producer; return messages per second."""
+    import faust
+
+    app = faust.App(
+        "bench-producer",
+        broker=BROKER,
+        web_enabled=False,
+        autodiscover=False,
+        topic_partitions=partitions,
+    )
+    topic = app.topic(
+        topic_name, partitions=partitions, key_serializer="raw", value_serializer="raw"
+    )
+    producer = app.producer
+    await producer.start()
+    try:
+        await topic.maybe_declare()
+        t0 = time.perf_counter()
+        for i, value in enumerate(values):
+            await topic.send(key=key_of(i), value=value)
+        await producer.flush()
+        elapsed = time.perf_counter() - t0
+    finally:
+        await producer.stop()
+    return len(values) / elapsed
+
+
+# --- raw XREAD (in this process) -----------------------------------------------------
+
+
+def raw_xread(topic_name: str, n: int, partitions: int) -> float:
+    from tierstream.schemas import names
+
+    client = redis.Redis(host=REDIS_HOST, port=REDIS_PORT, db=REDIS_DB)
+    streams: dict[Any, Any] = {names.stream_key(topic_name, p): "0-0" for p in range(partitions)}
+    seen = 0
+    t0 = time.perf_counter()
+    while seen < n:
+        resp: Any = client.xread(streams, count=1000)
+        if not resp:
+            raise RuntimeError(f"XREAD found only {seen} of {n} entries")
+        for stream, entries in resp:
+            seen += len(entries)
+            streams[stream.decode()] = entries[-1][0]
+    elapsed = time.perf_counter() - t0
+    client.close()
+    return seen / elapsed
+
+
+# --- child: a Faust worker with a trivial counting agent ---------------------------
+
+
+def child_main(args: argparse.Namespace) -> None:
+    """Run a worker whose agent counts ``args.messages`` messages, then write the timing
+    to ``args.result`` and wait to be terminated by the parent."""
+    import faust
+    from faust.types import Message
+
+    n = args.messages
+    datadir = tempfile.mkdtemp(prefix="bench-transport-")
+    app = faust.App(
+        args.group,
+        broker=BROKER,
+        store="memory://",
+        web_enabled=False,
+        autodiscover=False,
+        topic_partitions=args.partitions,
+        datadir=datadir,
+    )
+    schema: Any = faust.Schema(key_serializer="raw", value_serializer="raw")
+    if args.child == "consume":
+        source: Any = app.topic(args.topic, partitions=args.partitions, schema=schema)
+    else:
+        source = app.channel(schema=schema)
+    profiler = cProfile.Profile() if args.profile else None
+    marks: dict[str, float] = {}
+
+    def finish() -> None:
+        if profiler is not None:
+            profiler.disable()
+            profiler.dump_stats(args.result + ".prof")
+        tmp = args.result + ".tmp"
+        Path(tmp).write_text(json.dumps({"n": n, **marks}))
+        os.replace(tmp, args.result)
+
+    @app.agent(source)
+    async def counter(stream: faust.StreamT[bytes]) -> None:
+        seen = 0
+        async for _value in stream:
+            seen += 1
+            if seen == 1:
+                marks["first"] = time.perf_counter()
+                if profiler is not None:
+                    profiler.enable()
+            if seen == n:
+                marks["last"] = time.perf_counter()
+                finish()
+
+    if args.child == "channel":
+        values = make_values(n)
+
+        @app.task
+        async def feed() -> None:
+            # Start once the worker is assigned and flowing: a stream skips messages while
+            # flow control is off or that carry another consumer generation.
+            while not (  # noqa: ASYNC110 (no event covers all of these)
+                app.flow_control.is_active()
+                and cast(Any, app.tables).recovery.completed.is_set()
+                and not app.rebalancing
+                and app.consumer.assignment()
+            ):
+                await asyncio.sleep(0.05)
+            generation = app.consumer_generation_id
+            decode, put = source.decode, source.put
+            for i, value in enumerate(values):
+                message = Message(
+                    "bench-channel",
+                    i % args.partitions,
+                    i // args.partitions,
+                    time.time(),
+                    0,
+                    None,
+                    key_of(i),
+                    value,
+                    None,
+                    generation_id=generation,
+                )
+                # What the conductor does with a topic message: decode, then queue it
+                # for every stream reading the channel.
+                await put(await decode(message))
+
+    worker = faust.Worker(app, loglevel=os.environ.get("BENCH_LOGLEVEL", "WARNING"), quiet=True)
+    try:
+        worker.execute_from_commandline()
+    finally:
+        shutil.rmtree(datadir, ignore_errors=True)
+
+
+def run_child(
+    mode: str,
+    topic: str,
+    group: str,
+    n: int,
+    partitions: int,
+    workdir: Path,
+    profile: bool,
+    timeout: float,
+) -> tuple[float, str | None]:
+    """Start a child worker, wait for its timing, terminate it; return (msgs/s, profile)."""
+    result = workdir / f"{group}.json"
+    log = workdir / f"{group}.log"
+    cmd = [
+        sys.executable,
+        os.path.abspath(__file__),
+        "--child",
+        mode,
+        "--topic",
+        topic,
+        "--group",
+        group,
+        "--messages",
+        str(n),
+        "--partitions",
+        str(partitions),
+        "--result",
+        str(result),
+    ] + (["--profile"] if profile else [])
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            cmd,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+    try:
+        deadline = time.monotonic() + timeout
+        while not result.exists():
+            if proc.poll() is not None:
+                raise RuntimeError(
+                    f"{mode} worker exited {proc.returncode}:\n"
+                    f"{log.read_text(errors='replace')[-4000:]}"
+                )
+            if time.monotonic() > deadline:
+                raise RuntimeError(
+                    f"{mode} worker did not count {n} messages in {timeout}s:"
+                    f"\n{log.read_text(errors='replace')[-4000:]}"
+                )
+            time.sleep(0.05)
+    finally:
+        if proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+    marks = json.loads(result.read_text())
+    rate = (marks["n"] - 1) / (marks["last"] - marks["first"])
+    prof = str(result) + ".prof"
+    return rate, prof if os.path.exists(prof) else None
+
+
+def print_profile(path: str, label: str) -> None:
+    stats = pstats.Stats(path)
+    stats.sort_stats("tottime")
+    print(f"\n=== cProfile of the {label} steady state (by own time) ===")
+    stats.print_stats(25)
+    print(
+        f"=== {label}: transport functions (processors/transport, faust/transport), cumulative ==="
+    )
+    stats.sort_stats("cumulative")
+    stats.print_stats("transport", 25)
+
+
+# --- main ----------------------------------------------------------------------------
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="50k messages, 1 repeat")
+    parser.add_argument("--messages", type=int, help="messages per phase (default 200k)")
+    parser.add_argument("--repeat", type=int, help="repeats per phase; medians (default 3)")
+    parser.add_argument("--partitions", type=int, default=8)
+    parser.add_argument(
+        "--profile",
+        action="store_true",
+        help="after measuring, cProfile one consume and one channel run",
+    )
+    parser.add_argument("--child", choices=["consume", "channel"], help=argparse.SUPPRESS)
+    parser.add_argument("--topic", help=argparse.SUPPRESS)
+    parser.add_argument("--group", help=argparse.SUPPRESS)
+    parser.add_argument("--result", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        child_main(args)
+        return
+
+    n = args.messages or (50_000 if args.quick else 200_000)
+    repeat = args.repeat or (1 if args.quick else 3)
+    parts = args.partitions
+    child_timeout = 50.0 if args.quick else 300.0
+    client = redis.Redis(host=REDIS_HOST, port=REDIS_PORT, db=REDIS_DB)
+    client.flushdb()
+    values = make_values(n)
+    rates: dict[str, list[float]] = {"produce": [], "consume": [], "channel": [], "raw": []}
+    workdir = Path(tempfile.mkdtemp(prefix="bench-transport-"))
+    print(
+        f"redis {BROKER}: {n} messages of ~{sum(map(len, values)) // n} bytes, "
+        f"{parts} partitions, {repeat} repeat(s)",
+        flush=True,
+    )
+    try:
+        for r in range(repeat):
+            topic = f"bench-{r}"
+            rates["produce"].append(asyncio.run(produce(topic, values, parts)))
+            rates["raw"].append(raw_xread(topic, n, parts))
+            rates["consume"].append(
+                run_child(
+                    "consume", topic, f"bench-consume-{r}", n, parts, workdir, False, child_timeout
+                )[0]
+            )
+            rates["channel"].append(
+                run_child(
+                    "channel", topic, f"bench-channel-{r}", n, parts, workdir, False, child_timeout
+                )[0]
+            )
+            print(
+                f"run {r + 1}: " + " ".join(f"{k}={v[-1]:,.0f}/s" for k, v in rates.items()),
+                flush=True,
+            )
+        if args.profile:
+            for mode in ("consume", "channel"):
+                _rate, prof = run_child(
+                    mode,
+                    "bench-0",
+                    f"bench-profile-{mode}",
+                    n,
+                    parts,
+                    workdir,
+                    True,
+                    child_timeout * 3,
+                )
+                if prof:
+                    print_profile(prof, mode)
+    finally:
+        client.flushdb()
+        client.close()
+        shutil.rmtree(workdir, ignore_errors=True)
+
+    med = {k: int(statistics.median(v)) for k, v in rates.items()}
+    print(f"consume/channel = {med['consume'] / med['channel']:.2f} (target >= 0.80)")
+    print(
+        f"transport: consume_msgs_per_s={med['consume']} channel_msgs_per_s={med['channel']} "
+        f"produce_msgs_per_s={med['produce']} raw_xread_per_s={med['raw']}",
+        flush=True,
+    )
+
+
+if __name__ == "__main__":
+    main()
