@@ -46,6 +46,7 @@ def app_env(broker_url: str, app_id: str, **knobs: str | float | int) -> dict[st
     env["PYTHONUNBUFFERED"] = "1"
     env["BROKER_URL"] = broker_url
     env["APP_ID"] = app_id
+    env["EXIT_WITH_PARENT"] = str(os.getpid())
     env.update({k: str(v) for k, v in knobs.items()})
     return env
 
@@ -182,7 +183,7 @@ class FaustWorker:
             return f"(no state: {exc.__class__.__name__})"
 
     def wait_ready(
-        self, timeout: float = 40.0, owns: Iterable[str] = (), partitions: int = 8
+        self, timeout: float = 30.0, owns: Iterable[str] = (), partitions: int = 8
     ) -> dict[str, Any]:
         """Wait until ``/state/`` says the worker is assigned, recovered and not rebalancing,
         and (a lone worker must end up with everything) owns all ``partitions`` partitions

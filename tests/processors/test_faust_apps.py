@@ -104,7 +104,7 @@ def wait_drained(
     group: str,
     topics: list[str],
     worker: fp.FaustWorker,
-    timeout: float = 40.0,
+    timeout: float = 30.0,
 ) -> dict[str, Any]:
     """Wait until ``group`` has committed everything on ``topics``; return ``/state/``."""
     fp.wait_for(
@@ -236,7 +236,7 @@ def test_kill9_between_commits_then_restart_is_exact(
     first.kill9()  # everything consumed is committed: the kill lands between commits
 
     second = start_worker("apps.wordcount", "wck")
-    second.wait_ready(timeout=60, owns=WORDCOUNT_TOPICS)
+    second.wait_ready(timeout=45, owns=WORDCOUNT_TOPICS)
     # Recovered from the changelog, nothing to reprocess: exactly the first batch.
     state = second.state()
     assert state is not None
@@ -272,7 +272,7 @@ def test_kill9_during_processing_never_undercounts(
     assert sum(before["counts"].values()) < 4 * posts, "kill did not land mid-stream"
 
     second = start_worker("apps.wordcount", "wcm")
-    second.wait_ready(timeout=60, owns=WORDCOUNT_TOPICS)
+    second.wait_ready(timeout=45, owns=WORDCOUNT_TOPICS)
     state = wait_drained(rdb, "wcm", ["posts", "words"], second)
     counts = state["counts"]
     assert set(counts) == set(WORDS), counts

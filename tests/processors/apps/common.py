@@ -10,6 +10,9 @@ Environment variables:
     Partitions of every topic and changelog (default 8).
 ``COMMIT_INTERVAL``
     ``broker_commit_interval`` in seconds (default 0.5).
+``EXIT_WITH_PARENT``
+    A process id: the worker exits when its parent is no longer that process
+    (the test runner died without killing it), so no worker outlives its test.
 
 The web port and data directory come from the worker's command line
 (``--web-port``, ``--datadir``).
@@ -40,7 +43,7 @@ PARTITIONS = env_int("PARTITIONS", 8)
 
 def make_app(default_id: str, **conf: Any) -> faust.App:
     """A Faust app on ``$BROKER_URL`` with in-memory table stores (state lives in changelogs)."""
-    return faust.App(
+    app = faust.App(
         os.environ.get("APP_ID", default_id),
         broker=os.environ["BROKER_URL"],
         store="memory://",
@@ -50,6 +53,15 @@ def make_app(default_id: str, **conf: Any) -> faust.App:
         autodiscover=False,
         **conf,
     )
+    parent = os.environ.get("EXIT_WITH_PARENT")
+    if parent:
+
+        @app.timer(interval=1.0)
+        async def exit_with_parent() -> None:
+            if os.getppid() != int(parent):
+                os._exit(3)
+
+    return app
 
 
 def is_ready(app: faust.App) -> bool:
