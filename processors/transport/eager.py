@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import types
-from collections.abc import Coroutine, Generator
+from collections.abc import Awaitable, Coroutine, Generator
 from typing import Any
 
 
@@ -38,9 +38,12 @@ async def _finish(coro: Coroutine[Any, Any, Any], yielded: Any) -> Any:
     return await _resume(coro, yielded)
 
 
-def start_eagerly(coro: Coroutine[Any, Any, Any]) -> asyncio.Future[Any] | None:
+def start_eagerly(coro: Awaitable[Any]) -> asyncio.Future[Any] | None:
     """Run ``coro`` until it first waits. Returns None if it finished (its
-    exception, if any, is raised here), else a task that finishes it."""
+    exception, if any, is raised here), else a task that finishes it.
+    Awaitables that are not coroutines simply become tasks."""
+    if not isinstance(coro, Coroutine):
+        return asyncio.ensure_future(coro)
     try:
         yielded = coro.send(None)
     except StopIteration:

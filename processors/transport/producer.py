@@ -43,6 +43,9 @@ from .client import CONNECTION_ERRORS, Backoff
 if TYPE_CHECKING:
     from . import Transport
 
+#: Longest wait for unacknowledged messages when the producer stops.
+STOP_FLUSH_TIMEOUT = 15.0
+
 #: The error Redis gives when ``XADD 0-*`` meets a foreign id at the tail.
 _BROKEN_STREAM = "equal or smaller than the target stream top item"
 
@@ -91,7 +94,11 @@ class Producer(faust_producer.Producer):
 
     async def on_stop(self) -> None:
         try:
-            await asyncio.wait_for(self._wait_idle(), timeout=self.request_timeout)
+            # Bounded: with Redis gone, a stopping worker should not hang for
+            # producer_request_timeout (20 minutes by default).
+            await asyncio.wait_for(
+                self._wait_idle(), timeout=min(self.request_timeout, STOP_FLUSH_TIMEOUT)
+            )
         except TimeoutError:
             self.log.error(
                 "Producer stopped with %d messages not acknowledged by Redis at %s",

@@ -53,11 +53,11 @@ async def harness(redis_url: str, unique: str) -> AsyncIterator[Harness]:
         callback=noop, on_partitions_revoked=noop, on_partitions_assigned=noop
     )
     assert isinstance(consumer, Consumer)
-    await app.transport.connect(log, lambda: False)
-    yield Harness(app, producer, consumer)
-    await producer.stop()
     transport = app.transport
     assert isinstance(transport, Transport)
+    await transport.connect(log, lambda: False)
+    yield Harness(app, producer, consumer)
+    await producer.stop()
     await transport.client.aclose()
 
 
@@ -89,7 +89,8 @@ async def test_send_and_wait_entry_fields_and_explicit_partition(
         unique, b"k", b"v1", 1, 1700000000.5, {"trace": "abc"}
     )
     assert (md.partition, md.offset) == (1, 0)
-    [(entry_id, fields)] = await aredis.xrange(names.stream_key(unique, 1))
+    entries: Any = await aredis.xrange(names.stream_key(unique, 1))
+    [(entry_id, fields)] = entries
     assert entry_id == b"0-1"
     assert fields == {b"v": b"v1", b"k": b"k", b"t": b"1700000000500", b"h": b'{"trace":"abc"}'}
     with pytest.raises(Exception, match="out of range"):
@@ -108,7 +109,8 @@ async def test_send_creates_unknown_topic_with_default_partitions(
     harness: Harness, aredis: aioredis.Redis, unique: str
 ) -> None:
     md = await harness.producer.send_and_wait(unique, b"k", b"v", None, None, None)
-    partitions = int(await aredis.hget(names.topic_meta_key(unique), "partitions"))
+    raw: Any = await aredis.hget(names.topic_meta_key(unique), "partitions")
+    partitions = int(raw)
     assert partitions == harness.app.conf.topic_partitions
     assert md.partition == partition_for(b"k", partitions)
 
@@ -222,7 +224,7 @@ async def test_dead_letters_and_consumer_continues(
     assert [(r[0], r[2]) for r in got[tp]] == [(0, b"good0"), (2, b"good2")]
     # The bad offset counts as consumed so commits can pass it.
     assert 1 in c._acked_index[tp]
-    dlq = await aredis.xrange(names.dead_letter_key(unique))
+    dlq: Any = await aredis.xrange(names.dead_letter_key(unique))
     reasons = sorted(fields[b"reason"] for _, fields in dlq)
     assert len(dlq) == 2
     assert any(b"no 'v'" in r for r in reasons)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import Any
+from typing import Any, cast
 
 import faust
 import pytest
@@ -75,7 +75,7 @@ async def test_producer_and_consumer_survive_redis_restart(
         # The fetch loop does not crash: it backs off and returns nothing.
         assert await consumer._getmany({tp}, 0.05) == {}
         await asyncio.sleep(0.3)
-        assert not any(f.done() for f in pending)
+        assert not any(cast(asyncio.Future[Any], f).done() for f in pending)
 
         await asyncio.to_thread(private_redis.start)
         results = await asyncio.wait_for(asyncio.gather(*pending), timeout=20)
@@ -84,7 +84,7 @@ async def test_producer_and_consumer_survive_redis_restart(
         # reply was lost could be written twice; here Redis was down before
         # the batch went out, so nothing was.)
         assert offsets == [5, 6, 7]
-        got: dict[TP, list[Any]] = {}
+        got = {}
         deadline = time.monotonic() + 20
         while not got and time.monotonic() < deadline:
             got = dict(await consumer._getmany({tp}, 0.1))

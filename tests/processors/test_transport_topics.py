@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterator
+from typing import Any
 
 import faust
 import pytest
@@ -103,7 +104,7 @@ async def test_repair_moves_foreign_entries_and_keeps_offsets_dense(
     tp = TP(unique, 0)
     assert await transport.topics.stream_offsets([tp]) == {tp: (0, 3)}
     assert await aredis.xadd(key, {"v": "3"}, id="0-*") == b"0-4"
-    dlq = await aredis.xrange(names.dead_letter_key(unique))
+    dlq: Any = await aredis.xrange(names.dead_letter_key(unique))
     assert len(dlq) == 2
     assert dlq[0][1][b"stream"] == key.encode()
     assert dlq[0][1][b"v"] == b"bad1" and dlq[1][1][b"oops"] == b"bad2"
