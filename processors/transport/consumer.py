@@ -298,24 +298,30 @@ class Consumer(faust_consumer.Consumer):
                 offsets = await self.transport.topics.stream_offsets(tps)
             except CONNECTION_ERRORS:
                 continue  # the fetch loop reports it
-            for tp, (earliest, highwater) in offsets.items():
-                self._highwaters[tp] = highwater
-                pos = self._positions.get(tp)
-                if pos is None or pos <= highwater or self._epochs.get(tp) != epochs[tp]:
-                    continue
-                target = (
-                    highwater if self.app.conf.consumer_auto_offset_reset == "latest" else earliest
-                )
-                self.log.error(
-                    "Position %d of %s is beyond the end of its stream (%d): the "
-                    "stream lost entries (Redis restarted without persistence?); "
-                    "resetting to %d",
-                    pos,
-                    tp,
-                    highwater,
-                    target,
-                )
-                self._set_position(tp, target)
+            self._check_out_of_range(offsets, epochs)
+
+    def _check_out_of_range(
+        self, offsets: Mapping[TP, tuple[int, int]], epochs: Mapping[TP, int | None]
+    ) -> None:
+        """Record highwaters; reset positions that are past the end of their
+        stream (only if nobody sought the partition since ``epochs``)."""
+        for tp, (earliest, highwater) in offsets.items():
+            self._highwaters[tp] = highwater
+            pos = self._positions.get(tp)
+            if pos is None or pos <= highwater or self._epochs.get(tp) != epochs.get(tp):
+                continue
+            latest = self.app.conf.consumer_auto_offset_reset == "latest"
+            target = highwater if latest else earliest
+            self.log.error(
+                "Position %d of %s is beyond the end of its stream (%d): the "
+                "stream lost entries (Redis restarted without persistence?); "
+                "resetting to %d",
+                pos,
+                tp,
+                highwater,
+                target,
+            )
+            self._set_position(tp, target)
 
     # --- fetching --------------------------------------------------------------
 
@@ -403,7 +409,14 @@ class Consumer(faust_consumer.Consumer):
             tp = self._tp_of_key[stream]
             if epochs.get(tp) != started[tp]:
                 continue  # sought while we were reading: drop, re-read from the new position
-            out = await self._parse(tp, stream, entries, now)
+            try:
+                out = await self._parse(tp, stream, entries, now)
+            except CONNECTION_ERRORS as exc:
+                # Redis went away while dead-lettering. This stream's position
+                # did not move (it is re-read later); the streams parsed so far
+                # did move, so their records must be delivered, not dropped.
+                self.log.warning("Dead-lettering in %s failed (%s); will re-read it", tp, exc)
+                break
             if epochs.get(tp) != started[tp]:
                 continue
             if out:

@@ -249,3 +249,25 @@ async def test_consumer_repairs_foreign_entry_it_reads(
     assert [r[2] for r in got[tp]] == [b"a"]
     assert await aredis.xlen(names.dead_letter_key(unique)) == 1
     assert await aredis.xadd(key, {"v": "b"}, id="0-*") == b"0-2"
+
+
+async def test_position_beyond_stream_end_resets_to_earliest(
+    harness: Harness, aredis: aioredis.Redis, unique: str
+) -> None:
+    """A stream that lost entries (Redis restarted without its data) leaves the
+    position past the end: as with Kafka, auto_offset_reset picks a new one."""
+    await harness.app.transport.create_topic(unique, 1)  # type: ignore[attr-defined]
+    for i in range(3):
+        await harness.producer.send(unique, None, b"%d" % i, 0, None, None)
+    await harness.producer.flush()
+    tp = TP(unique, 0)
+    c = harness.consumer
+    harness.assign({tp})
+    c._set_position(tp, 50)
+    epochs = {tp: c._epochs[tp]}
+    c._check_out_of_range(await harness.app.transport.topics.stream_offsets([tp]), epochs)  # type: ignore[attr-defined]
+    assert await c.position(tp) == 0
+    # A seek after the offsets were read wins over the reset.
+    c._set_position(tp, 60)
+    c._check_out_of_range({tp: (0, 3)}, epochs)
+    assert await c.position(tp) == 60
