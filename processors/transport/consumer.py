@@ -24,7 +24,6 @@ after a restart (at-least-once).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import time
 from collections.abc import Iterable, Mapping
@@ -32,7 +31,6 @@ from typing import TYPE_CHECKING, Any, ClassVar, cast
 
 import orjson
 from faust.exceptions import ImproperlyConfigured
-from faust.transport import consumer as faust_consumer
 from faust.types import TP, ConsumerMessage
 from faust.types.transports import ConsumerCallback, PartitionsAssignedCallback
 from faust.types.transports import PartitionsRevokedCallback as _Revoked
@@ -42,7 +40,7 @@ from mode.utils.times import Seconds
 from ...schemas import names
 from ...schemas.wire import HEADERS, KEY, TIMESTAMP, TOMBSTONE, VALUE
 from .client import CONNECTION_ERRORS, Backoff
-from .eager import start_eagerly
+from .delivery import DeliveryLoop
 from .membership import Assignment, Membership
 
 if TYPE_CHECKING:
@@ -65,7 +63,7 @@ MIN_FETCH_PER_STREAM = 100
 Record = tuple[int, bytes | None, bytes | None, float, list[tuple[str, bytes]] | None]
 
 
-class Consumer(faust_consumer.Consumer):
+class Consumer(DeliveryLoop):
     """Faust consumer reading Redis Streams."""
 
     consumer_stopped_errors: ClassVar[tuple[type[BaseException], ...]] = ()
@@ -332,32 +330,6 @@ class Consumer(faust_consumer.Consumer):
             self._tp_of_key[key] = tp
         return key
 
-    def on_buffer_drop(self, tp: TP) -> None:
-        super().on_buffer_drop(tp)
-        self._buffer_dropped.set()
-
-    async def _wait_next_records(self, timeout: float) -> tuple[Any, set[TP] | None]:
-        """Faust's version, except that with every partition paused because
-        agent buffers are full it waits for a buffer to drain (or
-        ``timeout``) instead of sleeping a whole second, which stalled
-        fast pipelines for most of the time."""
-        if not self.flow_active:
-            await self.wait(self.can_resume_flow)  # type: ignore[arg-type]
-        try:
-            self.not_waiting_next_records.set()
-            active: set[TP] | None = None if self.app.client_only else self._get_active_partitions()
-            if active is None or active:
-                return await self._getmany(active, timeout), active
-            self._buffer_dropped.clear()
-            await self.wait_for_stopped_or(self._buffer_dropped, timeout)
-            return {}, active
-        finally:
-            self.not_waiting_next_records.set()
-
-    async def wait_for_stopped_or(self, event: asyncio.Event, timeout: float) -> None:
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(event.wait(), timeout)
-
     async def _getmany(
         self, active_partitions: set[TP] | None, timeout: float
     ) -> Mapping[TP, list[Any]]:
@@ -462,65 +434,6 @@ class Consumer(faust_consumer.Consumer):
             if last + 1 > self._highwaters.get(tp, 0):
                 self._highwaters[tp] = last + 1
         return out
-
-    async def _drain_messages(self, fetcher: Any) -> None:  # pragma: no cover - hot loop
-        """Faust's fetch-and-deliver loop (``faust.transport.consumer.Consumer.
-        _drain_messages`` of faust-streaming 0.15) with one change: the
-        delivery callback is started eagerly and only becomes a task racing
-        ``suspend_flow`` if it actually has to wait (a full agent buffer, a
-        suspended flow). Faust's loop wraps *every* message in
-        ``Service.wait_first``, which creates four tasks per message and made
-        fetching through any transport ~4x slower than Faust's in-memory
-        channel. Semantics are unchanged: a delivery that blocks is abandoned
-        when the flow is suspended (rebalance) or the consumer stops."""
-        callback = self.callback
-        getmany = self.getmany
-        consumer_should_stop = self._stopped.is_set
-        fetcher_should_stop = fetcher._stopped.is_set
-        get_read_offset = self._read_offset.__getitem__
-        set_read_offset = self._read_offset.__setitem__
-        set_flag = self.diag.set_flag
-        unset_flag = self.diag.unset_flag
-        commit_every = self._commit_every
-        acks_enabled_for = self.app.topics.acks_enabled_for
-        yield_every = 100
-        num_since_yield = 0
-        sleep = asyncio.sleep
-        try:
-            while not (consumer_should_stop() or fetcher_should_stop()):
-                set_flag(faust_consumer.CONSUMER_FETCHING)
-                ait = getmany(timeout=1.0)
-                await self.sleep(0)
-                if not self.should_stop:
-                    async for tp, message in ait:
-                        num_since_yield += 1
-                        if num_since_yield > yield_every:
-                            await sleep(0)
-                            num_since_yield = 0
-                        offset = message.offset
-                        r_offset = get_read_offset(tp)
-                        if r_offset is None or offset >= r_offset:
-                            gap = offset - (r_offset or 0)
-                            if gap > 1 and r_offset and acks_enabled_for(message.topic):
-                                await self._add_gap(tp, r_offset + 1, offset)
-                            if commit_every is not None and self._n_acked >= commit_every:
-                                self._n_acked = 0
-                                await self.commit()
-                            pending = start_eagerly(callback(message))
-                            if pending is not None:
-                                await self.wait_first(pending, self.suspend_flow.wait())
-                            set_read_offset(tp, offset)
-                    unset_flag(faust_consumer.CONSUMER_FETCHING)
-        except asyncio.CancelledError:
-            if self.transport.app.should_stop:
-                self.log.info("Consumer shutting down for user cancel.")
-                return
-            raise
-        except Exception as exc:
-            self.log.exception("Drain messages raised: %r", exc)
-            raise
-        finally:
-            unset_flag(faust_consumer.CONSUMER_FETCHING)
 
     def _ack_skipped(self, tp: TP, offset: int) -> None:
         """Count a dead-lettered offset as processed, so commits move past it

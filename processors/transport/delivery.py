@@ -1,0 +1,111 @@
+"""The delivery loop of the redis:// consumer: Faust's, made fast.
+
+Responsible for moving fetched messages into Faust (``_drain_messages``) and
+for waiting for the next fetch (``_wait_next_records``). Both are Faust's own
+code (``faust.transport.consumer.Consumer`` of faust-streaming 0.15) with two
+changes that made consuming through the transport ~3x faster:
+
+* each message's delivery callback is started eagerly (:mod:`.eager`) and
+  only raced against ``suspend_flow`` in a task if it actually has to wait;
+  Faust wrapped every message in ``Service.wait_first`` (four tasks each);
+* with every partition paused because agent buffers are full, it waits for a
+  buffer to drain instead of sleeping a whole second.
+
+Semantics are Faust's: a delivery that blocks is abandoned when the flow is
+suspended (rebalance) or the consumer stops.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from typing import Any
+
+from faust.transport import consumer as faust_consumer
+from faust.types import TP
+
+from .eager import start_eagerly
+
+
+class DeliveryLoop(faust_consumer.Consumer):
+    """Faust consumer base with the faster delivery loop (abstract)."""
+
+    _buffer_dropped: asyncio.Event
+
+    def on_buffer_drop(self, tp: TP) -> None:
+        super().on_buffer_drop(tp)
+        self._buffer_dropped.set()
+
+    async def _wait_next_records(self, timeout: float) -> tuple[Any, set[TP] | None]:
+        """Faust's version, except that with every partition paused because
+        agent buffers are full it waits for a buffer to drain (or
+        ``timeout``) instead of sleeping a whole second, which stalled
+        fast pipelines for most of the time."""
+        if not self.flow_active:
+            await self.wait(self.can_resume_flow)  # type: ignore[arg-type]
+        try:
+            self.not_waiting_next_records.set()
+            active: set[TP] | None = None if self.app.client_only else self._get_active_partitions()
+            if active is None or active:
+                return await self._getmany(active, timeout), active
+            self._buffer_dropped.clear()
+            await self.wait_for_stopped_or(self._buffer_dropped, timeout)
+            return {}, active
+        finally:
+            self.not_waiting_next_records.set()
+
+    async def wait_for_stopped_or(self, event: asyncio.Event, timeout: float) -> None:
+        """Wait until ``event`` is set, at most ``timeout`` seconds."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(event.wait(), timeout)
+
+    async def _drain_messages(self, fetcher: Any) -> None:  # pragma: no cover - hot loop
+        """Faust's fetch-and-deliver loop with eager delivery (see module doc)."""
+        callback = self.callback
+        getmany = self.getmany
+        consumer_should_stop = self._stopped.is_set
+        fetcher_should_stop = fetcher._stopped.is_set
+        get_read_offset = self._read_offset.__getitem__
+        set_read_offset = self._read_offset.__setitem__
+        set_flag = self.diag.set_flag
+        unset_flag = self.diag.unset_flag
+        commit_every = self._commit_every
+        acks_enabled_for = self.app.topics.acks_enabled_for
+        yield_every = 100
+        num_since_yield = 0
+        sleep = asyncio.sleep
+        try:
+            while not (consumer_should_stop() or fetcher_should_stop()):
+                set_flag(faust_consumer.CONSUMER_FETCHING)
+                ait = getmany(timeout=1.0)
+                await self.sleep(0)
+                if not self.should_stop:
+                    async for tp, message in ait:
+                        num_since_yield += 1
+                        if num_since_yield > yield_every:
+                            await sleep(0)
+                            num_since_yield = 0
+                        offset = message.offset
+                        r_offset = get_read_offset(tp)
+                        if r_offset is None or offset >= r_offset:
+                            gap = offset - (r_offset or 0)
+                            if gap > 1 and r_offset and acks_enabled_for(message.topic):
+                                await self._add_gap(tp, r_offset + 1, offset)
+                            if commit_every is not None and self._n_acked >= commit_every:
+                                self._n_acked = 0
+                                await self.commit()
+                            pending = start_eagerly(callback(message))
+                            if pending is not None:
+                                await self.wait_first(pending, self.suspend_flow.wait())
+                            set_read_offset(tp, offset)
+                    unset_flag(faust_consumer.CONSUMER_FETCHING)
+        except asyncio.CancelledError:
+            if self.transport.app.should_stop:
+                self.log.info("Consumer shutting down for user cancel.")
+                return
+            raise
+        except Exception as exc:
+            self.log.exception("Drain messages raised: %r", exc)
+            raise
+        finally:
+            unset_flag(faust_consumer.CONSUMER_FETCHING)
