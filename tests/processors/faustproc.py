@@ -143,15 +143,27 @@ class FaustWorker:
             return f"(no log file {self.logfile})"
         return "\n".join(text.splitlines()[-lines:])
 
+    def error_lines(self, limit: int = 20) -> list[str]:
+        """The first ``limit`` ERROR/CRITICAL lines of the whole log (they may be long
+        before its tail)."""
+        try:
+            text = self.logfile.read_text(errors="replace")
+        except FileNotFoundError:
+            return []
+        found = [ln for ln in text.splitlines() if "] [ERROR] " in ln or "] [CRITICAL] " in ln]
+        return found[:limit]
+
     def describe(self, lines: int = 60) -> str:
         status = (
             "running"
             if self.alive
             else (f"exited rc={self.proc.returncode}" if self.proc is not None else "not running")
         )
+        errors = "\n".join(self.error_lines()) or "(none)"
         return (
-            f"----- worker {self.name} ({self.module}, port {self.port}, {status}); "
-            f"last {lines} log lines of {self.logfile}:\n{self.log_tail(lines)}\n-----"
+            f"----- worker {self.name} ({self.module}, port {self.port}, {status})\n"
+            f"ERROR/CRITICAL lines anywhere in {self.logfile}:\n{errors}\n"
+            f"last {lines} log lines:\n{self.log_tail(lines)}\n-----"
         )
 
     def get(self, path: str, timeout: float = 3.0) -> tuple[int, bytes]:

@@ -185,6 +185,25 @@ def test_word_count_with_repartition_is_exact(rdb: redis.Redis, start_worker: St
     assert per_word == dict.fromkeys(WORDS, 1000)
 
 
+def test_word_count_stays_exact_under_continuous_load(
+    rdb: redis.Redis, start_worker: StartWorker
+) -> None:
+    """Posts keep arriving for several seconds while the worker consumes and
+    re-partitions them: every background task of the consumer (commits,
+    highwater refreshes, ...) runs many times against streams that grow under it."""
+    worker = start_worker("apps.wordcount", "wcl")
+    worker.wait_ready(owns=WORDCOUNT_TOPICS)
+    sent = 0
+    deadline = time.monotonic() + 8.0
+    while time.monotonic() < deadline:
+        fp.xadd_messages(rdb, "posts", PARTITIONS, post_messages(25, f"l{sent}", seed=sent))
+        sent += 25
+        time.sleep(0.02)
+    state = wait_drained(rdb, "wcl", ["posts", "words"], worker, timeout=45)
+    assert state["counts"] == dict.fromkeys(WORDS, sent)
+    assert sum(fp.highwaters(rdb, "words", PARTITIONS).values()) == 4 * sent
+
+
 # --- 2. tumbling windows on the message timestamp -------------------------------------
 
 
