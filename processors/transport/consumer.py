@@ -292,21 +292,35 @@ class Consumer(DeliveryLoop):
             if not tps or self.transport.client_or_none is None:
                 continue
             epochs = {tp: self._epochs.get(tp) for tp in tps}
+            # Positions taken *before* asking Redis: highwaters only grow, so a
+            # position read earlier that exceeds a highwater read later is truly
+            # out of range. Positions read after the reply may have advanced
+            # legitimately while the (non-atomic) XINFO pipeline ran.
+            before = {tp: self._positions.get(tp) for tp in tps}
             try:
                 offsets = await self.transport.topics.stream_offsets(tps)
             except CONNECTION_ERRORS:
                 continue  # the fetch loop reports it
-            self._check_out_of_range(offsets, epochs)
+            self._check_out_of_range(offsets, epochs, before)
 
     def _check_out_of_range(
-        self, offsets: Mapping[TP, tuple[int, int]], epochs: Mapping[TP, int | None]
+        self,
+        offsets: Mapping[TP, tuple[int, int]],
+        epochs: Mapping[TP, int | None],
+        before: Mapping[TP, int | None],
     ) -> None:
-        """Record highwaters; reset positions that are past the end of their
-        stream (only if nobody sought the partition since ``epochs``)."""
+        """Record highwaters; reset positions that were past the end of their
+        stream before the highwaters were read and have not moved since (and
+        only if nobody sought the partition since ``epochs``)."""
         for tp, (earliest, highwater) in offsets.items():
             self._highwaters[tp] = highwater
-            pos = self._positions.get(tp)
-            if pos is None or pos <= highwater or self._epochs.get(tp) != epochs.get(tp):
+            pos = before.get(tp)
+            if (
+                pos is None
+                or pos <= highwater
+                or self._positions.get(tp) != pos
+                or self._epochs.get(tp) != epochs.get(tp)
+            ):
                 continue
             latest = self.app.conf.consumer_auto_offset_reset == "latest"
             target = highwater if latest else earliest
