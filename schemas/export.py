@@ -12,11 +12,20 @@ from pathlib import Path
 import orjson
 
 from .access import ACCESS_RECORD
+from .alert import ALERT_RECORD
+from .metric import METRIC_RECORD
 from .spec import Record, json_schema
+from .suggestion import SUGGESTION_RECORD
 from .summary import SUMMARY_RECORD
 
 #: Every record with a published schema (later records are added here).
-RECORDS: tuple[Record, ...] = (ACCESS_RECORD, SUMMARY_RECORD)
+RECORDS: tuple[Record, ...] = (
+    ACCESS_RECORD,
+    SUMMARY_RECORD,
+    SUGGESTION_RECORD,
+    ALERT_RECORD,
+    METRIC_RECORD,
+)
 
 SCHEMA_DIR = Path(__file__).resolve().parent / "jsonschema"
 
