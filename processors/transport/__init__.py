@@ -10,7 +10,9 @@ the partitioner). The parts:
 
 * :mod:`.client` -- URL parsing, connecting with backoff, the version check;
 * :mod:`.topics` -- topic metadata, highwater and earliest offsets;
-* :mod:`.consumer` -- fetching, positions, commits, rebalances;
+* :mod:`.consumer` -- the consumer: subscription, rebalances; built on
+  :mod:`.positions` (positions, seeks, commits, offsets), :mod:`.fetching`
+  (``XREAD``, parsing) and :mod:`.delivery` (the delivery loop);
 * :mod:`.producer` -- batched writes, partitioning;
 * :mod:`.membership` -- which partitions this worker owns;
 * :mod:`.deadletter` -- entries the transport did not write.

@@ -1,0 +1,227 @@
+"""Read positions, offsets and commits of the redis:// consumer.
+
+Responsible for: the read position of every assigned partition (the next
+offset the fetcher reads), seeking (which bumps a per-partition *epoch* so a
+fetch that was in flight during the seek cannot move the position back to
+where that fetch ended), committing offsets (hash :func:`names.commits_key`,
+field ``<topic>:<partition>``, value the next offset to read), and
+answering Faust's offset questions (position, highwater, earliest), including
+noticing a stream that went backwards (out of range).
+
+Offsets: entry ``0-N`` is offset ``N-1`` (:func:`wire.offset_of`); reading
+from offset ``o`` is ``XREAD ... 0-o`` (entries with an id greater than
+``0-o``).
+
+Commits retry while Redis is away; if one finally fails (only while
+stopping) the offsets are committed by the next commit, or the events are
+processed again after a restart (at-least-once).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import TYPE_CHECKING, Any, cast
+
+from faust.types import TP
+from mode import Service
+
+from ...schemas import names
+from .client import CONNECTION_ERRORS
+from .delivery import DeliveryLoop
+
+if TYPE_CHECKING:
+    from . import Transport
+
+
+class PositionsConsumer(DeliveryLoop):
+    """Faust consumer base: positions, seeks, commits, offsets (abstract).
+
+    The state is created by :class:`.consumer.Consumer`'s ``__init__``.
+    """
+
+    transport: Transport
+    _positions: dict[TP, int]
+    _epochs: dict[TP, int]
+    _assigned: frozenset[TP]
+    _highwaters: dict[TP, int]
+
+    def _stopping(self) -> bool:
+        return self.should_stop
+
+    @property
+    def _group_key(self) -> str:
+        return names.commits_key(self.app.conf.id)
+
+    # --- positions ------------------------------------------------------------
+
+    def _set_position(self, tp: TP, offset: int) -> None:
+        self._positions[tp] = max(0, offset)
+        self._epochs[tp] = self._epochs.get(tp, 0) + 1
+
+    async def _init_positions(self, tps: set[TP], latest: bool = False) -> None:
+        """Committed offset, else the ``consumer_auto_offset_reset`` position."""
+        if not tps:
+            return
+        committed = {} if latest else await self._committed(tps)
+        rest = tps - set(committed)
+        offsets = await self.transport.retrying(
+            lambda: self.transport.topics.stream_offsets(rest), "read offsets", self._stopping
+        )
+        reset = "latest" if latest else self.app.conf.consumer_auto_offset_reset
+        for tp in tps:
+            if tp in committed:
+                self._set_position(tp, committed[tp])
+            else:
+                earliest, highwater = offsets[tp]
+                self._set_position(tp, highwater if reset == "latest" else earliest)
+            if tp in offsets:
+                self._highwaters[tp] = offsets[tp][1]
+
+    async def position(self, tp: TP) -> int | None:
+        """The next offset the fetcher reads from ``tp``."""
+        return self._positions.get(tp)
+
+    # --- commits --------------------------------------------------------------
+
+    async def _committed(self, tps: Iterable[TP]) -> dict[TP, int]:
+        tps = list(tps)
+        if not tps:
+            return {}
+        fields = [f"{tp.topic}:{tp.partition}" for tp in tps]
+        raw = await self.transport.retrying(
+            lambda: self.transport.client.hmget(self._group_key, fields),
+            "read commits",
+            self._stopping,
+        )
+        return {tp: int(v) for tp, v in zip(tps, raw, strict=True) if v is not None}
+
+    async def _commit(self, offsets: Mapping[TP, int]) -> bool:
+        mapping = {
+            f"{tp.topic}:{tp.partition}": offset
+            for tp, offset in offsets.items()
+            if tp in self._assigned
+        }
+        if not mapping:
+            return False
+        try:
+            await self.transport.retrying(
+                lambda: self.transport.client.hset(self._group_key, mapping=cast(Any, mapping)),
+                "commit offsets",
+                self._stopping,
+            )
+        except CONNECTION_ERRORS as exc:
+            # Only reached while stopping: the events after the last good
+            # commit will be processed again after the restart.
+            self.log.error(
+                "Could not commit offsets %r (%s): they will be processed again", mapping, exc
+            )
+            return False
+        return True
+
+    # --- seeking ----------------------------------------------------------------
+
+    async def seek_to_committed(self) -> Mapping[TP, int]:
+        """Move every assigned partition that has a commit to its committed offset."""
+        committed = await self._committed(self._assigned)
+        for tp, offset in committed.items():
+            self._set_position(tp, offset)
+        return committed
+
+    async def _seek(self, partition: TP, offset: int) -> None:
+        self._set_position(partition, offset)
+
+    async def seek_wait(self, partitions: Mapping[TP, int]) -> None:
+        """Seek partitions (what aiokafka's driver does, without the wait:
+        the next fetch reads from the new positions)."""
+        for tp, offset in partitions.items():
+            self._set_position(tp, offset)
+            if offset > 0:
+                self._read_offset[tp] = offset
+            else:
+                self._read_offset.pop(tp, None)
+
+    async def seek_to_beginning(self, *partitions: TP) -> None:
+        """Seek to the earliest offset still stored."""
+        for tp, offset in (await self.earliest_offsets(*partitions)).items():
+            self._set_position(tp, offset)
+
+    # --- highwater and earliest ---------------------------------------------------
+
+    def highwater(self, tp: TP) -> int:
+        """Last known next-offset-to-be-written of ``tp`` (no Redis call:
+        Faust asks for every message; refreshed by fetches and a timer)."""
+        return self._highwaters.get(tp, 0)
+
+    async def highwaters(self, *partitions: TP) -> Mapping[TP, int]:
+        """Next offset to be written, from ``XINFO STREAM`` (fresh)."""
+        result = await self.transport.retrying(
+            lambda: self.transport.topics.highwaters(partitions), "read highwaters", self._stopping
+        )
+        self._highwaters.update(result)
+        return result
+
+    async def earliest_offsets(self, *partitions: TP) -> Mapping[TP, int]:
+        """First offset still stored (the highwater when trimmed to nothing)."""
+        return cast(
+            Mapping[TP, int],
+            await self.transport.retrying(
+                lambda: self.transport.topics.earliest(partitions),
+                "read earliest offsets",
+                self._stopping,
+            ),
+        )
+
+    @Service.task
+    async def _highwater_refresher(self) -> None:
+        """Keep highwaters fresh for lag monitoring, and notice a partition
+        whose stream went backwards (Redis restarted without its data, or the
+        stream was deleted): then the position is out of range and, as Kafka
+        does, ``consumer_auto_offset_reset`` decides where to go."""
+        while not self.should_stop:
+            await self.sleep(1.0)
+            tps = list(self._assigned)
+            if not tps or self.transport.client_or_none is None:
+                continue
+            epochs = {tp: self._epochs.get(tp) for tp in tps}
+            # Positions taken *before* asking Redis: highwaters only grow, so a
+            # position read earlier that exceeds a highwater read later is truly
+            # out of range. Positions read after the reply may have advanced
+            # legitimately while the (non-atomic) XINFO pipeline ran.
+            before = {tp: self._positions.get(tp) for tp in tps}
+            try:
+                offsets = await self.transport.topics.stream_offsets(tps)
+            except CONNECTION_ERRORS:
+                continue  # the fetch loop reports it
+            self._check_out_of_range(offsets, epochs, before)
+
+    def _check_out_of_range(
+        self,
+        offsets: Mapping[TP, tuple[int, int]],
+        epochs: Mapping[TP, int | None],
+        before: Mapping[TP, int | None],
+    ) -> None:
+        """Record highwaters; reset positions that were past the end of their
+        stream before the highwaters were read and have not moved since (and
+        only if nobody sought the partition since ``epochs``)."""
+        for tp, (earliest, highwater) in offsets.items():
+            self._highwaters[tp] = highwater
+            pos = before.get(tp)
+            if (
+                pos is None
+                or pos <= highwater
+                or self._positions.get(tp) != pos
+                or self._epochs.get(tp) != epochs.get(tp)
+            ):
+                continue
+            latest = self.app.conf.consumer_auto_offset_reset == "latest"
+            target = highwater if latest else earliest
+            self.log.error(
+                "Position %d of %s is beyond the end of its stream (%d): the "
+                "stream lost entries (Redis restarted without persistence?); "
+                "resetting to %d",
+                pos,
+                tp,
+                highwater,
+                target,
+            )
+            self._set_position(tp, target)
