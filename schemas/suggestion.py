@@ -109,7 +109,12 @@ SUGGESTION_RECORD = Record(
         Field("subject", "record", "What it is about.", values=SUBJECT),
         Field("evidence", "record", "What it rests on.", values=EVIDENCE),
         Field("estimated_saving", "record", "Estimated effect per day.", values=SAVING),
-        Field("rank", "integer", "Rank by benefit among this window's suggestions.", minimum=1),
+        Field(
+            "rank",
+            "integer",
+            "Rank by benefit among this window's suggestions of its kind.",
+            minimum=1,
+        ),
         Field("confidence", "number", "Heuristic confidence in [0, 1].", minimum=0, maximum=1),
         Field("created_ts", "number", "When published: the window end, epoch seconds."),
     ),
