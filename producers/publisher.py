@@ -168,28 +168,21 @@ class Publisher:
             return
         try:
             data = _dumps(event)
-            fp = event["query_fingerprint"]
-            p = self._part_cache[fp]
-        except KeyError:
-            p = self._partition_of(event)
-            if p < 0:
-                return
         except TypeError as exc:
             self._unencodable(event, exc)
             return
+        try:
+            p = self._part_cache[event["query_fingerprint"]]
+        except (KeyError, TypeError):
+            p = self._partition_of(event)
         self._queues[p].append(data)
         self._count += 1
         if self._count == self._wake_at:
             self._wake()
 
     def _partition_of(self, event: AccessEvent) -> int:
-        """Partition of an event whose fingerprint is not cached yet (-1: not encodable)."""
-        try:
-            _dumps(event)
-        except TypeError as exc:
-            self._unencodable(event, exc)
-            return -1
-        fp = str(event.get("query_fingerprint") or "")
+        """Partition of an event whose fingerprint is not cached yet."""
+        fp = str(event.get("query_fingerprint") or "") if isinstance(event, dict) else ""
         cache = self._part_cache
         if len(cache) >= _PARTITION_CACHE_MAX:
             cache.clear()

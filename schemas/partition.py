@@ -15,11 +15,14 @@ partition and per-partition heavy-hitter counts are disjoint.
 
 from __future__ import annotations
 
+import struct
 from collections.abc import Mapping
 from typing import Any
 
 _M = 0x5BD1E995
 _MASK = 0xFFFFFFFF
+#: little-endian 32-bit word unpackers, by the byte length they cover
+_STRUCTS: dict[int, struct.Struct] = {}
 
 
 def murmur2(data: bytes) -> int:
@@ -27,12 +30,15 @@ def murmur2(data: bytes) -> int:
     length = len(data)
     h = (0x9747B28C ^ length) & _MASK
     n4 = length & ~3
-    for i in range(0, n4, 4):
-        k = int.from_bytes(data[i : i + 4], "little")
-        k = (k * _M) & _MASK
+    m = _M
+    mask = _MASK
+    words = _STRUCTS.get(n4)
+    if words is None:
+        words = _STRUCTS[n4] = struct.Struct(f"<{n4 >> 2}I")
+    for k in words.unpack_from(data):
+        k = (k * m) & mask
         k ^= k >> 24
-        k = (k * _M) & _MASK
-        h = ((h * _M) & _MASK) ^ k
+        h = ((h * m) & mask) ^ ((k * m) & mask)
     extra = length & 3
     if extra >= 3:
         h ^= data[n4 + 2] << 16
@@ -40,9 +46,9 @@ def murmur2(data: bytes) -> int:
         h ^= data[n4 + 1] << 8
     if extra >= 1:
         h ^= data[n4]
-        h = (h * _M) & _MASK
+        h = (h * m) & mask
     h ^= h >> 13
-    h = (h * _M) & _MASK
+    h = (h * m) & mask
     h ^= h >> 15
     return h
 
