@@ -107,3 +107,6 @@ def demo(redis_url: str, duration: float, agents: int, postgres_dsn: str | None)
         chroma_path=settings.chroma_path,
     )
     sys.exit(asyncio.run(run_demo(cfg)))
+
+
+from tierstream import cmd_history  # noqa: E402, F401  (registers `tierstream history`)
