@@ -14,6 +14,8 @@ Semantics in brief (the aggregation modules give the details):
   1 us .. 1 hour: a reported percentile is at most 1/1024 above the true
   value. ``pNN_ms`` is the smallest value with at least NN% of reads at or
   below it (upper end of its bucket).
+- The pipeline adds ``view``, ``step_s``, ``revision`` and ``complete`` (see
+  ``processors/pipeline/merger.py``); a summary straight from the core has none.
 - Hot query counts are upper bounds: ``count - error <= true <= count``,
   with ``error <= hot_queries_total / capacity``.
 """
@@ -26,6 +28,8 @@ from .spec import Field, Record, validate
 
 SUMMARY_VERSION = 1
 SUMMARY_TYPE = "window_summary"
+#: Views the live pipeline and replay emit (field ``view``).
+VIEWS = ("tumbling", "hopping")
 
 
 def _count(name: str, description: str) -> Field:
@@ -164,6 +168,34 @@ SUMMARY_RECORD = Record(
         _count("hot_queries_error_bound", "Largest overestimate of any count (<= N / k)."),
         _money("cost", "Total cost of the window's accesses."),
         _money("daily_cost", "cost * 86400 / window_s."),
+        Field(
+            "view",
+            "string",
+            "Which view of the pipeline: tumbling (window_s) or hopping (window_s every step_s).",
+            required=False,
+            enum=VIEWS,
+        ),
+        Field(
+            "step_s",
+            "number",
+            "Seconds between the starts of consecutive windows of this view.",
+            required=False,
+            minimum=0,
+        ),
+        Field(
+            "revision",
+            "integer",
+            "0 for the first summary of this view window; n > 0 replaces revision n - 1 "
+            "(a partition's partial arrived or changed after the window was merged).",
+            required=False,
+            minimum=0,
+        ),
+        Field(
+            "complete",
+            "boolean",
+            "False when the merge timeout closed the window before every partition reported.",
+            required=False,
+        ),
     ),
 )
 
