@@ -90,3 +90,15 @@ def publisher_stats_key(publisher_id: str) -> str:
     """Hash a Publisher writes now and then: ``sent``, ``dropped``, ``errors``,
     ``ts`` (for the drop-rate alert and the metrics endpoint)."""
     return f"{KEY_PREFIX}:publisher:{publisher_id}"
+
+
+def group_key(group: str, part: str) -> str:
+    """Key ``part`` of the redis:// consumer group ``group`` (membership,
+    generations, partition owners; see ``processors/transport/group.py``):
+    ``members`` (zset member -> expiry ms, Redis server time), ``meta`` (hash
+    member -> metadata), ``state`` (hash: generation, handed-over generation,
+    revisions), ``assign`` (hash member -> assignment of the newest
+    generation), ``acks`` (set of members that revoked for it), ``leader``
+    (the leader lease), ``owners`` and ``next-owners`` (hash
+    ``<topic>:<partition>`` -> owner token ``<generation>:<member>``)."""
+    return f"{KEY_PREFIX}:group:{{{group}}}:{part}"
