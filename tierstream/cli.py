@@ -109,4 +109,5 @@ def demo(redis_url: str, duration: float, agents: int, postgres_dsn: str | None)
     sys.exit(asyncio.run(run_demo(cfg)))
 
 
-from tierstream import cmd_history  # noqa: E402, F401  (registers `tierstream history`)
+from tierstream import cmd_history  # noqa: E402, F401, I001  (registers `tierstream history`)
+from tierstream import cmd_subscribe  # noqa: E402, F401  (registers `tierstream subscribe`)
