@@ -51,14 +51,15 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import redis.asyncio as aioredis
+import redis.exceptions
 
 from ...schemas import names
-from .fencing import FencedError, Scripts, as_str
+from .fencing import XADD, FencedError, Scripts, as_str, fenced_owner
 
 logger = logging.getLogger(__name__)
 
@@ -143,6 +144,7 @@ class GroupMember:
         interval: float,
         metadata: Callable[[], bytes],
         compute: Compute,
+        fenced_topics: Callable[[], Iterable[str]] = tuple,
     ) -> None:
         if not member_id or any(c.isspace() for c in member_id):
             raise ValueError(f"member id must be non-empty without spaces: {member_id!r}")
@@ -159,6 +161,8 @@ class GroupMember:
         self._metadata = metadata
         self._compute = compute
         self._scripts = Scripts(client)
+        self._fenced_topics_of = fenced_topics
+        self._fenced_topics: frozenset[str] | None = None
         self._last_metadata: bytes | None = None
         self._joined = False
         self._acked = 0  # newest generation revoked and acknowledged
@@ -167,6 +171,8 @@ class GroupMember:
         self.token: str | None = None
         self.leader = False
         self.generation = 0
+        #: Called when a fenced write was refused (the owner wakes its poll).
+        self.on_refused: Callable[[], None] | None = None
 
     # --- the owner's view --------------------------------------------------------
 
@@ -251,6 +257,8 @@ class GroupMember:
         generation (there is one, or this member expired) gives a new one."""
         self._taken = 0
         self.token = None
+        if self.on_refused is not None:
+            self.on_refused()
 
     async def leave(self) -> None:
         """Leave the group now (graceful stop), so the others need not wait
@@ -315,3 +323,47 @@ class GroupMember:
         reply = await self._scripts.commit(keys=[self.keys.owners, commits_key], args=args)
         if int(reply[0]) != 1:
             raise FencedError("commit", as_str(reply[1]), as_str(reply[2]) or None)
+
+    def fenced_xadd(
+        self, pipe: Any, topic: str, partition: int, stream: bytes, args: list[bytes]
+    ) -> bool:
+        """Queue on ``pipe`` a fenced ``XADD stream 0-* args`` if ``topic`` is
+        fenced (a table's changelog: see ``fenced_topics``); False if it is
+        not (the caller writes it plainly). A refused write's reply is an
+        error starting with ``FENCED``; one that meets a Redis that lost its
+        scripts (restarted) says ``NOSCRIPT``: :meth:`load_scripts`, retry."""
+        fenced = self._fenced_topics
+        if fenced is None:
+            fenced = self._fenced_topics = frozenset(self._fenced_topics_of())
+        if topic not in fenced:
+            return False
+        pipe.execute_command(
+            "EVALSHA",
+            self._scripts.xadd.sha,
+            2,
+            self.keys.owners,
+            stream,
+            f"{topic}:{partition}",
+            self.token or "-",
+            *args,
+        )
+        return True
+
+    async def load_scripts(self) -> None:
+        """Load the scripts queued by hand into pipelines (after a restart)."""
+        await self.client.script_load(XADD)
+
+    async def trim(self, topic: str, partition: int, stream: str, min_id: str) -> int:
+        """Fenced ``XTRIM stream MINID min_id``; raises :class:`FencedError`."""
+        try:
+            return int(
+                await self._scripts.trim(
+                    keys=[self.keys.owners, stream],
+                    args=[f"{topic}:{partition}", self.token or "-", min_id],
+                )
+            )
+        except redis.exceptions.ResponseError as exc:
+            refused = fenced_owner(exc)
+            if refused is None:
+                raise
+            raise FencedError("trim", refused[0], refused[1] or None) from exc
