@@ -52,6 +52,7 @@ from .client import (
 )
 from .consumer import Consumer
 from .deadletter import DeadLetters
+from .group import GroupMember
 from .membership import Membership
 from .producer import Producer
 from .topics import TopicRegistry
@@ -98,6 +99,9 @@ class Transport(base.Transport):
         self._dead_letters: DeadLetters | None = None
         self._connect_lock: asyncio.Lock | None = None
         self._round_robin: dict[str, itertools.count[int]] = {}
+        #: The consumer's group membership (set by the consumer of a worker
+        #: app); the producer fences changelog writes through it.
+        self.group: GroupMember | None = None
 
     # --- the shared client ---------------------------------------------------
 
