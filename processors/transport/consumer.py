@@ -15,6 +15,7 @@ Delivery is at-least-once; see those modules for the details.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -26,8 +27,9 @@ from faust.types.transports import PartitionsRevokedCallback as _Revoked
 from mode import Service
 from mode.utils.times import Seconds
 
-from .client import Backoff
+from .client import CONNECTION_ERRORS, Backoff
 from .fetching import DEFAULT_FETCH_TOTAL, FetchingConsumer
+from .group import Assign, Change, Fenced, GroupMember, Revoke
 from .membership import Assignment, Membership
 
 if TYPE_CHECKING:
@@ -65,6 +67,7 @@ class Consumer(FetchingConsumer):
         self._stream_keys = {}
         self._tp_of_key = {}
         self._membership = Membership(app)
+        self._group: GroupMember | None = None
         self._fetch_total = app.conf.broker_max_poll_records or DEFAULT_FETCH_TOTAL
         self._buffer_dropped = asyncio.Event()
         self._fetch_backoff = Backoff()
@@ -75,7 +78,37 @@ class Consumer(FetchingConsumer):
     # --- lifecycle ----------------------------------------------------------
 
     async def on_start(self) -> None:
-        await self.transport.connect(self.log, lambda: self.should_stop)
+        client = await self.transport.connect(self.log, lambda: self.should_stop)
+        if not self.app.client_only:
+            conf = self.app.conf
+            session = float(conf.broker_session_timeout)
+            self._group = GroupMember(
+                client,
+                conf.id,
+                self._membership.member_id,
+                session_timeout=session,
+                interval=min(float(conf.broker_heartbeat_interval), session / 3),
+                metadata=self._membership.metadata,
+                compute=self._membership.compute,
+                fenced_topics=self._changelog_topics,
+            )
+            self._group.on_refused = self._rebalance_wanted.set
+            self.transport.group = self._group
+            await self._group.load_scripts()
+
+    def _changelog_topics(self) -> list[str]:
+        """Topics whose writes are fenced: changelogs of non-global tables."""
+        tables: Any = self.app.tables
+        return [t.changelog_topic.get_topic_name() for t in tables.values() if not t.is_global]
+
+    async def on_stop(self) -> None:
+        await super().on_stop()
+        if self._group is not None and self.transport.client_or_none is not None:
+            # Leave now, so the others need not wait for the session timeout.
+            try:
+                await asyncio.wait_for(self._group.leave(), 2.0)
+            except (TimeoutError, *CONNECTION_ERRORS) as exc:  # type: ignore[misc]
+                self.log.warning("Could not leave the group (%s): it expires us", exc)
 
     # --- subscription and rebalance -------------------------------------------
 
@@ -88,47 +121,84 @@ class Consumer(FetchingConsumer):
 
     @Service.task
     async def _rebalancer(self) -> None:
+        """Subscription changes, and the group protocol (:mod:`.group`): one
+        heartbeat every interval (sooner after a refused write), acting on
+        what it says. Redis being away delays it (the member may expire and
+        is then fenced; it rejoins when Redis is back)."""
+        await self.wait(self._rebalance_wanted)  # type: ignore[arg-type]
+        backoff = Backoff()
         while not self.should_stop:
-            await self.wait(self._rebalance_wanted)  # type: ignore[arg-type]
-            if self.should_stop:
-                break
-            self._rebalance_wanted.clear()
-            await self._rebalance()
+            if self._rebalance_wanted.is_set():
+                self._rebalance_wanted.clear()
+                await self._update_subscription()
+            group = self._group
+            if group is None:  # client_only: no group
+                await self.wait(self._rebalance_wanted)  # type: ignore[arg-type]
+                continue
+            try:
+                change = await group.poll()
+                if change is not None:
+                    await self._on_group_change(group, change)
+            except CONNECTION_ERRORS as exc:
+                delay = backoff.next_delay()
+                self.log.warning("Group heartbeat to Redis failed (%s); retrying", exc)
+                await self.sleep(delay)
+                continue
+            backoff.reset()
+            if change is not None:
+                continue  # the next step (hand-over, assignment) may be ready now
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._rebalance_wanted.wait(), group.interval)
 
-    async def _rebalance(self) -> None:
+    async def _update_subscription(self) -> None:
         transport = self.transport
         topics: dict[str, int] = {}
         for topic in sorted(self._subscribed):
             topics[topic] = await transport.retrying(
                 functools.partial(transport.ensure_topic, topic), "declare topic", self._stopping
             )
-        assignment: Assignment = self._membership.assign(topics)
-        self.log.info(
-            "Assignment generation %d: %d partitions of %d topics%s",
-            assignment.generation,
-            len(assignment.partitions),
-            len(topics),
-            " (leader)" if assignment.leader else "",
-        )
+        self._membership.topics = topics
         if self.app.client_only:
+            assignment = self._membership.assign_all(topics)
             self._assigned = assignment.partitions
             await self._init_positions(set(assignment.partitions), latest=True)
+
+    async def _on_group_change(self, group: GroupMember, change: Change) -> None:
+        """Kafka's eager protocol: every partition is revoked (Faust commits
+        and flushes), the revoke acknowledged, and the new assignment taken
+        up only once every previous holder revoked or expired."""
+        if isinstance(change, Revoke | Fenced):
+            self.app.on_rebalance_start()
+            await self.on_partitions_revoked(set(self._assigned))
+            self._positions.clear()
+            self._highwaters.clear()
+            self._assigned = frozenset()
+            if isinstance(change, Revoke):
+                await group.ack(change.generation)
             return
-        # Kafka's eager protocol: every partition is revoked, then the new
-        # assignment is handed out. Faust relies on that order.
-        self.app.on_rebalance_start()
-        await self.on_partitions_revoked(set(self._assigned))
-        new = set(assignment.partitions)
-        for tp in set(self._positions) - new:
-            self._positions.pop(tp, None)
-            self._highwaters.pop(tp, None)
-        self._assigned = assignment.partitions
-        await self._init_positions(new - set(self._positions))
-        self.app.consumer_generation_id = assignment.generation
-        await self.on_partitions_assigned(new, generation_id=assignment.generation)
+        if isinstance(change, Assign):
+            assignment: Assignment = self._membership.apply(change.generation, change.payload)
+            self.log.info(
+                "Assignment generation %d: %d partitions%s",
+                assignment.generation,
+                len(assignment.partitions),
+                " (leader)" if assignment.leader else "",
+            )
+            new = set(assignment.partitions)
+            self._assigned = assignment.partitions
+            await self._init_positions(new)
+            self.app.consumer_generation_id = assignment.generation
+            await self.on_partitions_assigned(new, generation_id=assignment.generation)
 
     def assignment(self) -> set[TP]:
-        """The partitions assigned to this worker."""
+        """The partitions assigned to this worker; without the assignor's
+        leader partition while this worker's heartbeat is stale (it may have
+        been expired, and another worker may lead): ``app.is_leader()``, and
+        so ``on_leader`` timers, are false then."""
+        group = self._group
+        if group is not None and self._assigned and group.stale():
+            leader_tp = getattr(self.app._leader_assignor, "_leader_tp", None)  # type: ignore[attr-defined]
+            return set(self._assigned) - {leader_tp}
         return set(self._assigned)
 
     # --- topics and keys -----------------------------------------------------------
