@@ -49,6 +49,10 @@ def make_app(default_id: str, **conf: Any) -> faust.App:
         store="memory://",
         topic_partitions=PARTITIONS,
         broker_commit_interval=env_float("COMMIT_INTERVAL", 0.5),
+        # Group membership (several workers): a crashed worker's partitions
+        # move after the session timeout; Faust's 60 s default is too slow here.
+        broker_session_timeout=env_float("BROKER_SESSION_TIMEOUT", 4.0),
+        broker_heartbeat_interval=env_float("BROKER_HEARTBEAT_INTERVAL", 0.3),
         web_host="127.0.0.1",
         autodiscover=False,
         **conf,
