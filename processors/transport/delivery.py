@@ -11,6 +11,10 @@ changes that made consuming through the transport ~3x faster:
 * with every partition paused because agent buffers are full, it waits for a
   buffer to drain instead of sleeping a whole second.
 
+and one for seeking while running: the message whose delivery waits for room
+is known (``_delivering``) so that a seek can retire it, and it does not
+move the read offset (see ``PositionsConsumer.seek``).
+
 Semantics are Faust's: a delivery that blocks is abandoned when the flow is
 suspended (rebalance) or the consumer stops.
 """
@@ -22,7 +26,7 @@ import contextlib
 from typing import Any
 
 from faust.transport import consumer as faust_consumer
-from faust.types import TP
+from faust.types import TP, Message
 
 from .eager import start_eagerly
 
@@ -31,6 +35,9 @@ class DeliveryLoop(faust_consumer.Consumer):
     """Faust consumer base with the faster delivery loop (abstract)."""
 
     _buffer_dropped: asyncio.Event
+    _epochs: dict[TP, int]
+    #: The message whose delivery is waiting for room in a stream buffer.
+    _delivering: Message | None = None
 
     def on_buffer_drop(self, tp: TP) -> None:
         super().on_buffer_drop(tp)
@@ -71,6 +78,7 @@ class DeliveryLoop(faust_consumer.Consumer):
         unset_flag = self.diag.unset_flag
         commit_every = self._commit_every
         acks_enabled_for = self.app.topics.acks_enabled_for
+        epochs = self._epochs
         yield_every = 100
         num_since_yield = 0
         sleep = asyncio.sleep
@@ -96,7 +104,16 @@ class DeliveryLoop(faust_consumer.Consumer):
                                 await self.commit()
                             pending = start_eagerly(callback(message))
                             if pending is not None:
-                                await self.wait_first(pending, self.suspend_flow.wait())
+                                epoch = epochs.get(tp)
+                                self._delivering = message
+                                try:
+                                    await self.wait_first(pending, self.suspend_flow.wait())
+                                finally:
+                                    self._delivering = None
+                                if epochs.get(tp) != epoch:
+                                    # Sought while this delivery waited for
+                                    # room: the seek retired the message.
+                                    continue
                             set_read_offset(tp, offset)
                     unset_flag(faust_consumer.CONSUMER_FETCHING)
         except asyncio.CancelledError:

@@ -19,11 +19,11 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
 import orjson
-from faust.types import TP, ConsumerMessage
+from faust.types import TP, ConsumerMessage, Message
 
 from ...schemas import names
 from ...schemas.wire import HEADERS, KEY, TIMESTAMP, TOMBSTONE, VALUE
@@ -130,6 +130,36 @@ class FetchingConsumer(PositionsConsumer):
             if out:
                 records[tp] = out
         return records
+
+    async def getmany(self, timeout: float) -> AsyncIterator[tuple[TP, Message]]:
+        """Fetch once and yield the messages, partition by partition.
+
+        Faust's version, except that a partition sought while its messages
+        are being delivered has the rest of them dropped (they are read
+        again from the new position), so a seek takes effect at once.
+        """
+        records, _active = await self._wait_next_records(timeout)
+        if not records or self.should_stop or not self.flow_active:
+            return
+        app = self.app
+        generation_id = app.consumer_generation_id
+        epochs = self._epochs
+        # No await since the fetch checked the epochs: these are the fetch's.
+        started = {tp: epochs.get(tp) for tp in records}
+        to_message = self._to_message
+        track = app.monitor.track_tp_end_offset
+        for tp, batch in records.items():
+            track(tp, self.highwater(tp))
+            for record in batch:
+                if (
+                    epochs.get(tp) != started[tp]
+                    or not self.flow_active
+                    or app.consumer_generation_id != generation_id
+                ):
+                    break
+                yield tp, to_message(tp, record)
+            if not self.flow_active or app.consumer_generation_id != generation_id:
+                return
 
     async def _parse(self, tp: TP, stream: bytes, entries: list[Any], now: float) -> list[Any]:
         """Entries -> records; dead-letters bad ones; advances the position."""

@@ -22,6 +22,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any, cast
 
+from faust.transport.consumer import ensure_TP
 from faust.types import TP
 from mode import Service
 
@@ -32,6 +33,11 @@ from .fencing import FencedError
 
 if TYPE_CHECKING:
     from . import Transport
+
+
+#: ``generation_id`` given to messages retired by a seek: never a real
+#: generation (those count up from 1), so Faust's streams skip them.
+RETIRED_GENERATION = -1
 
 
 class PositionsConsumer(DeliveryLoop):
@@ -139,8 +145,75 @@ class PositionsConsumer(DeliveryLoop):
             self._set_position(tp, offset)
         return committed
 
+    async def seek(self, partition: TP, offset: int) -> None:
+        """Read ``partition`` from ``offset`` on, also while the worker runs.
+
+        After the seek, the messages of ``partition`` handed to the agents are
+        ``offset``, ``offset + 1``, ... in order with no gap (offsets that were
+        dead-lettered excepted): a fetch in flight is dropped
+        (:mod:`.fetching` compares epochs), the rest of the batch being
+        delivered is dropped (``getmany``), and messages of ``partition``
+        that were delivered to stream buffers but not yet taken by a stream
+        are skipped by the streams (:meth:`_retire_delivered`). A message a
+        stream already took is processed as usual.
+
+        Commit bookkeeping: the committed offset never moves backwards.
+        Seeking back re-delivers messages; those below the committed offset
+        are processed again but do not move the commit; once the re-read
+        passes it, commits go on as usual. Seeking forward counts the
+        skipped offsets as processed, so commits do not stall at them.
+        """
+        tp = ensure_TP(partition)
+        offset = max(0, offset)
+        last = self._read_offset[tp]  # last offset delivered (None: none yet)
+        self.log.dev("SEEK %r -> %r (last delivered %r)", tp, offset, last)
+        # Offsets after ``last`` and before ``offset`` were never delivered
+        # (the one whose delivery is blocked, if any, included): a gap.
+        gap_from = last + 1 if last is not None else (self._committed_offset[tp] or 0)
+        self._set_position(tp, offset)
+        self._retire_delivered(tp, ack_below=min(offset, gap_from))
+        self._read_offset[tp] = offset if offset else None
+        if offset > 0 and self.app.topics.acks_enabled_for(tp.topic):
+            await self._skip_offsets(tp, gap_from, offset - 1)
+
     async def _seek(self, partition: TP, offset: int) -> None:
         self._set_position(partition, offset)
+
+    async def _skip_offsets(self, tp: TP, first: int, last: int) -> None:
+        """Count offsets ``first..last`` that were never delivered as
+        processed (Faust's gap bookkeeping), except those already acked."""
+        if first > last:
+            return
+        acked = sorted(o for o in self._acked_index[tp] if first <= o <= last)
+        for o in acked:
+            if first < o:
+                await self._add_gap(tp, first, o - 1)
+            first = o + 1
+        if first <= last:
+            await self._add_gap(tp, first, last)
+
+    def _retire_delivered(self, tp: TP, ack_below: int) -> None:
+        """Make streams skip the messages of ``tp`` that were delivered to
+        stream buffers but not yet taken (and the one whose delivery is
+        waiting for room): Faust's streams skip a message whose
+        ``generation_id`` is not the current one. Messages below
+        ``ack_below`` are skipped by a seek forward: acked here, so they
+        count as processed. The others are read again (or are in the seek's
+        gap): marked acked without counting, so no later ack counts them."""
+        retired: list[Any] = []
+        conductor: Any = self.app.topics
+        for channel in list(conductor._tp_index.get(tp, ())):
+            for event in channel.queue._queue:
+                message = getattr(event, "message", None)
+                if message is not None and message.tp == tp:
+                    retired.append(message)
+        if self._delivering is not None and self._delivering.tp == tp:
+            retired.append(self._delivering)
+        for message in retired:
+            message.generation_id = RETIRED_GENERATION
+            if message.offset < ack_below:
+                self.ack(message)  # skipped by the seek: processed
+            message.acked = True  # nothing acks it again (not every stream path does)
 
     async def seek_wait(self, partitions: Mapping[TP, int]) -> None:
         """Seek partitions (what aiokafka's driver does, without the wait:
