@@ -1,0 +1,136 @@
+"""The live pipeline as a Faust app on redis:// (``faust -A tierstream.processors.pipeline.app
+worker``, or ``tierstream worker``).
+
+Settings come from the environment once, here, at import (this module is an
+edge, like the CLI): :class:`tierstream.settings.Settings` (``TIERSTREAM_*``),
+plus ``TIERSTREAM_APP_ID`` (consumer group, default ``tierstream-pipeline``)
+and ``TIERSTREAM_COMMIT_INTERVAL`` (seconds, default 1.0).
+
+Topics and tables:
+
+- ``tierstream.access`` (``access_partitions``, raw values): agent
+  :func:`aggregate` reads whole stream entries (one entry = many events),
+  never single events, and feeds :class:`.live.AggregateRuntime`;
+- ``tierstream.window-partials`` (1 partition, JSON): agent :func:`merge`
+  feeds :class:`.live.MergeRuntime`, the single merge owner;
+- ``tierstream.window-summaries`` (1 partition, JSON): WindowSummary records;
+- tables ``tierstream-window-marks`` (per access partition: the recovery
+  state of its windows) and ``tierstream-window-merge`` (the merger's
+  partials), both written only when windows open, close or merge.
+
+A timer every 0.5 s closes windows by wall clock on caught-up partitions and
+merges windows whose merge timeout passed.
+
+Web views (JSON): ``/tierstream/windows/current`` (base windows not merged
+yet, with the partials so far, and each partition's open windows),
+``/tierstream/windows/last`` (the last summary of each view) and
+``/tierstream/windows/top`` (hot queries of the last tumbling window).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import faust
+from faust.types import TP, StreamT
+from faust.web import Request, Response, View
+
+from tierstream.settings import Settings
+
+from ...schemas import names
+from .config import PipelineConfig
+from .live import AggregateRuntime, MergeRuntime
+
+TICK_S = 0.5
+MARKS_TABLE = "tierstream-window-marks"
+MERGE_TABLE = "tierstream-window-merge"
+
+
+def config_from(settings: Settings) -> PipelineConfig:
+    return PipelineConfig(
+        window_s=settings.window_s,
+        hop_size_s=settings.hop_size_s,
+        hop_step_s=settings.hop_step_s,
+        grace_s=settings.grace_s,
+        lateness_s=settings.lateness_s,
+        merge_timeout_s=settings.merge_timeout_s,
+        partitions=settings.access_partitions,
+        capacity=settings.hot_queries_capacity,
+        costs=dict(settings.tier_costs),
+    )
+
+
+SETTINGS = Settings.from_env(os.environ)
+CONFIG = config_from(SETTINGS)
+
+app = faust.App(
+    os.environ.get("TIERSTREAM_APP_ID", "tierstream-pipeline"),
+    broker=SETTINGS.redis_url,
+    store="memory://",
+    broker_commit_interval=float(os.environ.get("TIERSTREAM_COMMIT_INTERVAL", "1.0")),
+    web_host="127.0.0.1",
+    autodiscover=False,
+)
+
+access_topic = app.topic(
+    names.ACCESS_TOPIC,
+    partitions=CONFIG.partitions,
+    key_serializer="raw",
+    value_serializer="raw",
+)
+partials_topic = app.topic(names.WINDOW_PARTIALS_TOPIC, partitions=1, value_serializer="json")
+summaries_topic = app.topic(names.WINDOW_SUMMARIES_TOPIC, partitions=1, value_serializer="json")
+
+# Keys are str, values JSON objects (Faust's default table serializer is JSON).
+marks_table = app.Table(MARKS_TABLE, partitions=CONFIG.partitions, key_type=str)
+merge_table = app.Table(MERGE_TABLE, partitions=1, key_type=str)
+
+aggregation = AggregateRuntime(app, CONFIG, marks_table, partials_topic, SETTINGS.redis_url)
+merging = MergeRuntime(app, CONFIG, merge_table, summaries_topic)
+
+
+@app.agent(access_topic)
+async def aggregate(stream: StreamT[bytes]) -> None:
+    """One stream entry (a batch of events) at a time."""
+    async for event in stream.events():
+        msg = event.message
+        await aggregation.on_entry(msg.partition, msg.offset, event.value)
+
+
+@app.agent(partials_topic)
+async def merge(stream: StreamT[dict[str, Any]]) -> None:
+    async for value in stream:
+        await merging.on_partial(value)
+
+
+@app.timer(interval=TICK_S)
+async def close_by_clock() -> None:
+    await aggregation.tick()
+    await merging.tick()
+
+
+@app.on_partitions_revoked.connect  # type: ignore[arg-type]
+async def _on_revoked(sender: Any, revoked: set[TP], **kwargs: Any) -> None:
+    aggregation.forget(revoked)
+    merging.forget(revoked)
+
+
+@app.page("/tierstream/windows/current")
+async def current_view(web: View, request: Request) -> Response:
+    return web.json({**merging.view_current(), "aggregate": aggregation.view()})
+
+
+@app.page("/tierstream/windows/last")
+async def last_view(web: View, request: Request) -> Response:
+    return web.json(merging.view_last())
+
+
+@app.page("/tierstream/windows/top")
+async def top_view(web: View, request: Request) -> Response:
+    return web.json(merging.view_top())
+
+
+def main() -> None:
+    """Run Faust's command line for this app (``worker``, ``--web-port``, ...)."""
+    app.main()
