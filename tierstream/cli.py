@@ -111,3 +111,4 @@ def demo(redis_url: str, duration: float, agents: int, postgres_dsn: str | None)
 
 from tierstream import cmd_history  # noqa: E402, F401, I001  (registers `tierstream history`)
 from tierstream import cmd_subscribe  # noqa: E402, F401  (registers `tierstream subscribe`)
+from tierstream import cmd_worker, cmd_replay  # noqa: E402, F401  (registers `tierstream worker`, `replay`)
