@@ -27,7 +27,9 @@ from faust.types.transports import PartitionsRevokedCallback as _Revoked
 from mode import Service
 from mode.utils.times import Seconds
 
+from . import compaction
 from .client import CONNECTION_ERRORS, Backoff
+from .fencing import FencedError
 from .fetching import DEFAULT_FETCH_TOTAL, FetchingConsumer
 from .group import Assign, Change, Fenced, GroupMember, Revoke
 from .membership import Assignment, Membership
@@ -68,6 +70,7 @@ class Consumer(FetchingConsumer):
         self._tp_of_key = {}
         self._membership = Membership(app)
         self._group: GroupMember | None = None
+        self._compacted: dict[TP, int] = {}
         self._fetch_total = app.conf.broker_max_poll_records or DEFAULT_FETCH_TOTAL
         self._buffer_dropped = asyncio.Event()
         self._fetch_backoff = Backoff()
@@ -95,6 +98,21 @@ class Consumer(FetchingConsumer):
             self._group.on_refused = self._rebalance_wanted.set
             self.transport.group = self._group
             await self._group.load_scripts()
+
+    @Service.task
+    async def _compaction(self) -> None:
+        """Keep owned changelog partitions short (:mod:`.compaction`)."""
+        while not self.should_stop:
+            await self.sleep(compaction.INTERVAL)
+            group = self._group
+            if group is None or not group.holds or self.app.rebalancing:
+                continue
+            compactor = compaction.Compactor(self.app, self, group, compaction.MIN_LENGTH)
+            compactor._live = self._compacted
+            try:
+                await compactor.run_once()
+            except (FencedError, *CONNECTION_ERRORS) as exc:  # type: ignore[misc]
+                self.log.warning("Changelog compaction stopped (%s); it runs again later", exc)
 
     def _changelog_topics(self) -> list[str]:
         """Topics whose writes are fenced: changelogs of non-global tables."""
