@@ -92,6 +92,8 @@ class AggregateRuntime:
         self.redis_url = redis_url
         self.topic = topic
         self.parts: dict[int, PartitionWindows] = {}
+        #: partitions handled since they were (re)assigned
+        self.started: set[int] = set()
         self.locks: dict[int, asyncio.Lock] = {}
         self.stats: Counter[str] = Counter()
         self._client: aioredis.Redis | None = None
@@ -119,12 +121,14 @@ class AggregateRuntime:
         for tp in tps:
             if tp.topic == self.topic:
                 self.parts.pop(tp.partition, None)
+                self.started.discard(tp.partition)
 
     # --- the agent ---------------------------------------------------------------
 
     async def on_entry(self, p: int, offset: int, value: bytes | None) -> None:
         async with self._lock(p):
             pw = self._machine(p)
+            self.started.add(p)
             out: list[Partial] = []
             if pw.next_offset is not None and offset > pw.next_offset:
                 out += await self._refill(pw, pw.next_offset, offset)
@@ -211,16 +215,30 @@ class AggregateRuntime:
         if not ready(self.app):
             return
         consumer = self.app.consumer
+        tps = sorted(tp for tp in consumer.assignment() if tp.topic == self.topic)
+        if not tps:
+            return
+        # Fresh highwaters (one XINFO pipeline): the consumer's cached ones start at 0
+        # for partitions that had a commit, which would look caught up.
+        highwaters = await consumer.highwaters(*tps)
         now = time.time() if now is None else now
-        for tp in sorted(consumer.assignment()):
-            if tp.topic != self.topic:
-                continue
+        for tp in tps:
             async with self._lock(tp.partition):
                 pw = self._machine(tp.partition)
-                hw = consumer.highwater(tp)
+                out: list[Partial] = []
+                if tp.partition not in self.started and pw.next_offset is not None:
+                    # Restored but no message delivered yet (everything up to the
+                    # commit was consumed before a restart): re-read from the mark
+                    # up to the fetch position; later offsets will be delivered.
+                    pos = await consumer.position(tp)
+                    if pos is not None and pos > pw.next_offset:
+                        out += await self._refill(pw, pw.next_offset, pos)
+                    self.started.add(tp.partition)
+                hw = highwaters.get(tp, 0)
                 nxt = pw.next_offset
                 caught_up = (nxt is not None and nxt >= hw) or (nxt is None and hw == 0)
-                await self._publish(pw, pw.close_by_clock(now, caught_up, position=hw))
+                out += pw.close_by_clock(now, caught_up, position=hw)
+                await self._publish(pw, out)
 
     def view(self) -> dict[str, Any]:
         return {
