@@ -41,7 +41,7 @@ def test_kill9_mid_stream_then_restart_equals_truth(
     asyncio.run(publish(redis_url, events, 8))
     entries = sum(fp.highwaters(rdb, names.ACCESS_TOPIC, 8).values())
     # 40 ms per entry: the backlog takes seconds, so the kill lands mid-stream.
-    first = start_worker(8, ENTRY_DELAY=0.04)
+    first = start_worker(8, ENTRY_DELAY=0.04, TIERSTREAM_COMMIT_INTERVAL=0.05)
     state: dict[str, Any] = {}
 
     def some_partials_sent() -> bool:
@@ -55,7 +55,7 @@ def test_kill9_mid_stream_then_restart_equals_truth(
     assert 0 < done < entries, f"kill did not land mid-stream ({done} of {entries} entries)"
     before = len(read_summaries(rdb))
 
-    second = start_worker(8)
+    second = start_worker(8, TIERSTREAM_COMMIT_INTERVAL=0.05)
     live = wait_summaries(rdb, expected_windows(start), second)
     assert_live_replay_truth(rdb, redis_url, live, events, start, 8)
     after = second.state() or {}
