@@ -196,7 +196,15 @@ def child_main(args: argparse.Namespace) -> None:
                 and app.consumer.assignment()
             ):
                 await asyncio.sleep(0.05)
+            # The group protocol may publish a second generation right after the
+            # first: wait until the generation has been stable for a while.
             generation = app.consumer_generation_id
+            stable_since = time.monotonic()
+            while time.monotonic() - stable_since < 1.5:
+                await asyncio.sleep(0.1)
+                if app.consumer_generation_id != generation or app.rebalancing:
+                    generation = app.consumer_generation_id
+                    stable_since = time.monotonic()
             decode, put = source.decode, source.put
             for i, value in enumerate(values):
                 message = Message(
