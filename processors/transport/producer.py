@@ -30,6 +30,7 @@ from collections import deque
 from collections.abc import Awaitable, Mapping
 from typing import TYPE_CHECKING, Any, NamedTuple
 
+import orjson
 import redis.exceptions
 from faust.exceptions import ImproperlyConfigured, ProducerSendError
 from faust.transport import producer as faust_producer
@@ -37,7 +38,7 @@ from faust.types import TP, HeadersArg, RecordMetadata
 from mode.utils.times import Seconds
 
 from ...schemas import names
-from ...schemas.wire import TOMBSTONE, encode_entry
+from ...schemas.wire import HEADERS, KEY, TIMESTAMP, TOMBSTONE, VALUE
 from .client import CONNECTION_ERRORS, Backoff
 from .fencing import FENCED_PREFIX
 
@@ -128,6 +129,7 @@ class Producer(faust_producer.Producer):
 
     def __post_init__(self) -> None:
         self._queue: deque[_Pending] = deque()
+        self._stream_keys: dict[tuple[str, int], bytes] = {}
         self._queued_bytes = 0
         self._wakeup = asyncio.Event()
         self._idle = asyncio.Event()
@@ -193,22 +195,22 @@ class Producer(faust_producer.Producer):
             key=key, value=value, partition=partition, timestamp=timestamp, headers=headers
         )
         ts_ms = int(timestamp * 1000) if timestamp else int(time.time() * 1000)
-        fields = encode_entry(
-            value if value is not None else b"", key, ts_ms, _headers_dict(headers)
-        )
+        # The wire format (schemas.wire.encode_entry), as XADD's flat argument list.
+        args: list[bytes] = [VALUE, value if value is not None else b""]
+        if key is not None:
+            args += (KEY, key)
+        args += (TIMESTAMP, b"%d" % ts_ms)
+        if headers:
+            args += (HEADERS, orjson.dumps(_headers_dict(headers)))
         if value is None:
-            fields[TOMBSTONE] = b"1"
-        args: list[bytes] = []
-        for f, v in fields.items():
-            args.append(f)
-            args.append(v)
+            args += (TOMBSTONE, b"1")
         size = len(value or b"") + len(key or b"")
         fut: asyncio.Future[RecordMetadata] = asyncio.get_running_loop().create_future()
         self._queue.append(
             _Pending(
                 topic,
                 partition,
-                names.stream_key(topic, partition).encode(),
+                self._stream_key(topic, partition),
                 args,
                 size,
                 ts_ms,
@@ -219,6 +221,14 @@ class Producer(faust_producer.Producer):
         self._idle.clear()
         self._wakeup.set()
         return fut
+
+    def _stream_key(self, topic: str, partition: int) -> bytes:
+        key = self._stream_keys.get((topic, partition))
+        if key is None:
+            key = self._stream_keys[(topic, partition)] = names.stream_key(
+                topic, partition
+            ).encode()
+        return key
 
     async def send_and_wait(
         self,
