@@ -30,6 +30,7 @@ from ...schemas import names
 from .client import CONNECTION_ERRORS
 from .delivery import DeliveryLoop
 from .fencing import FencedError
+from .retention import trim_stream
 
 if TYPE_CHECKING:
     from . import Transport
@@ -310,3 +311,45 @@ class PositionsConsumer(DeliveryLoop):
                 target,
             )
             self._set_position(tp, target)
+
+    # --- retention ------------------------------------------------------------------
+
+    #: Seconds between two retention passes over the partitions this worker owns.
+    retention_interval: float = 10.0
+
+    @Service.task
+    async def _retention_trimmer(self) -> None:
+        """Apply topic retention (:mod:`.retention`) to the owned partitions."""
+        while not self.should_stop:
+            await self.sleep(self.retention_interval)
+            try:
+                await self.trim_retention()
+            except CONNECTION_ERRORS:
+                continue  # the fetch loop reports it; the next pass trims
+
+    async def trim_retention(self) -> int:
+        """One retention pass: trim every owned partition of every topic whose
+        metadata declares ``retention_ms`` or ``maxlen`` (compacting topics
+        excepted). Returns the number of entries removed."""
+        client = self.transport.client_or_none
+        if client is None or self.app.client_only:
+            return 0
+        by_topic: dict[str, list[TP]] = {}
+        for tp in self._assigned:
+            by_topic.setdefault(tp.topic, []).append(tp)
+        removed = 0
+        for topic, tps in sorted(by_topic.items()):
+            meta = await self.transport.topics.describe(topic)
+            if meta is None or meta.compacting or not (meta.retention_ms or meta.maxlen):
+                continue
+            for tp in sorted(tps):
+                n = await trim_stream(
+                    client,
+                    names.stream_key(tp.topic, tp.partition).encode(),
+                    retention_ms=meta.retention_ms,
+                    maxlen=meta.maxlen,
+                )
+                if n:
+                    self.log.info("Retention: trimmed %d entries of %s", n, tp)
+                removed += n
+        return removed
