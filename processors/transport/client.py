@@ -45,6 +45,18 @@ CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
 )
 
 
+#: URL query parameters passed to redis-py's TLS connection (as in redis-py's
+#: own ``from_url``): CA bundle, client certificate and key, verification.
+TLS_QUERY_OPTIONS = (
+    "ssl_ca_certs",
+    "ssl_ca_path",
+    "ssl_certfile",
+    "ssl_keyfile",
+    "ssl_cert_reqs",
+    "ssl_check_hostname",
+)
+
+
 class RedisVersionError(TierstreamError):
     """The Redis server is older than the transport needs."""
 
@@ -63,6 +75,9 @@ class RedisLocation:
     username: str | None
     password: str | None
     tls: bool
+    #: TLS options from the URL query (``rediss://...?ssl_ca_certs=/ca.pem``):
+    #: names and values as redis-py takes them, see :data:`TLS_QUERY_OPTIONS`.
+    tls_options: tuple[tuple[str, str], ...] = ()
 
     @property
     def where(self) -> str:
@@ -77,7 +92,9 @@ def parse_url(url: str | URL) -> RedisLocation:
     """Parse a broker URL: ``redis[s]://[[user]:password@]host[:port][/db]``.
 
     The database may also be given as ``?db=N``. Percent-encoded user names
-    and passwords are decoded.
+    and passwords are decoded. ``rediss://`` URLs may carry TLS options in
+    the query (:data:`TLS_QUERY_OPTIONS`, e.g. ``?ssl_ca_certs=/etc/ca.pem``);
+    they override what Faust's ``ssl_context`` setting gives.
     """
     u = url if isinstance(url, URL) else URL(str(url))
     scheme = (u.scheme or "redis").lower()
@@ -94,6 +111,11 @@ def parse_url(url: str | URL) -> RedisLocation:
         if not raw.isdigit():
             raise TransportConfigError(f"db= in broker URL must be a number, got {raw!r}")
         db = int(raw)
+    tls_options = tuple((k, u.query[k]) for k in TLS_QUERY_OPTIONS if k in u.query)
+    if tls_options and scheme != "rediss":
+        raise TransportConfigError(
+            f"TLS options {[k for k, _ in tls_options]} need a rediss:// broker URL"
+        )
     username = unquote(u.raw_user) if u.raw_user else None
     password = unquote(u.raw_password) if u.raw_password is not None else None
     return RedisLocation(
@@ -103,6 +125,7 @@ def parse_url(url: str | URL) -> RedisLocation:
         username=username,
         password=password,
         tls=scheme == "rediss",
+        tls_options=tls_options,
     )
 
 
@@ -167,6 +190,11 @@ def create_client(
                 "required" if ssl_context.verify_mode != ssl.CERT_NONE else "none"
             )
             kwargs["ssl_check_hostname"] = ssl_context.check_hostname
+        for name, value in location.tls_options:
+            if name == "ssl_check_hostname":
+                kwargs[name] = value.lower() in ("1", "true", "yes")
+            else:
+                kwargs[name] = value
     return aioredis.Redis(**kwargs)
 
 
