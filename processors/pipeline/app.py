@@ -134,3 +134,6 @@ async def top_view(web: View, request: Request) -> Response:
 def main() -> None:
     """Run Faust's command line for this app (``worker``, ``--web-port``, ...)."""
     app.main()
+
+
+from . import sinks  # noqa: E402, F401  (registers the sink agents, /metrics)
