@@ -40,6 +40,7 @@ from faust.types import TP, StreamT
 from faust.web import Request, Response, View
 
 from ...schemas import names
+from ...sinks.errors import RuleFileError
 from ...sinks.metrics import CONTENT_TYPE, render_metrics
 from ...sinks.rules import Rule, load_default_rules, load_rules
 from ...sinks.suggest import SuggestConfig
@@ -77,7 +78,13 @@ class SinkSettings:
         )
 
     def rules(self) -> list[Rule]:
-        return load_rules(self.alert_rules) if self.alert_rules else load_default_rules()
+        """The alert rules; a bad file stops the process with its file, line and problem."""
+        try:
+            return load_rules(self.alert_rules) if self.alert_rules else load_default_rules()
+        except RuleFileError as exc:
+            raise SystemExit(
+                f"tierstream: bad alert rule file (TIERSTREAM_ALERT_RULES): {exc}"
+            ) from None
 
 
 SINK_SETTINGS = SinkSettings.from_env(os.environ)
