@@ -13,8 +13,9 @@ JSON object or an array of them (a batch); each object is yielded; Faust's
   :meth:`Subscription.close`); ``follow=False`` reads what is stored (from the
   beginning) up to the last entry at subscription time and stops.
 - A topic that does not exist yet (no metadata hash
-  :func:`schemas.names.topic_meta_key`) is waited for when following; without
-  ``follow`` there is nothing to read.
+  :func:`schemas.names.topic_meta_key`) is waited for when following, and then
+  read from its beginning (everything in it is newer than the subscription);
+  without ``follow`` there is nothing to read.
 - Entries that cannot be decoded are never yielded and never stop the
   subscription: each is counted in ``stats.bad`` and its reason kept in
   ``stats.problems`` (the last 100) and logged.
@@ -113,6 +114,8 @@ class Subscription:
                 return int(raw)
             if not self.follow:
                 return None
+            # Created after we subscribed: all it will hold is new to us.
+            self.from_beginning = True
             await asyncio.sleep(self.poll_s)
         return None
 
