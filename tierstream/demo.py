@@ -22,7 +22,9 @@ The story (fractions of ``duration_s``):
 - 65-100%: L1 recovers; the alerts resolve.
 
 Alert rules: the shipped defaults with ``for`` shortened from 30 s to 10 s
-(two windows), written to ``<data dir>/demo_rules.toml``.
+(two windows), written to ``<data dir>/demo_rules.toml``; suggestions need
+10 reads of a query in a window (``TIERSTREAM_SUGGEST_MIN_READS``; 20 by
+default for 60 s windows).
 """
 
 from __future__ import annotations
@@ -217,15 +219,17 @@ async def agent(idx: int, tiers: list[Tier], tally: Tally, cfg: DemoConfig, stop
     await mem.drain()
 
 
-REPORTS = [f"weekly report: {t} incidents and their root causes" for t in TOPICS[:8]]
+REPORTS = [f"weekly report: {t} incidents and their root causes" for t in TOPICS[:4]]
 
 
-async def report_agent(tiers: list[Tier], tally: Tally, cfg: DemoConfig, stop: float) -> None:
+async def report_agent(
+    idx: int, tiers: list[Tier], tally: Tally, cfg: DemoConfig, stop: float
+) -> None:
     """Expensive semantic searches over a few report queries, without write-back (so the
     slow tier answers them every time: what a pre-cache suggestion is for)."""
-    rng = random.Random(cfg.seed)
-    mem = TieredMemory(tiers, sink=tally, agent_id="report-bot", write_back=False)
-    weights = [1.0 / (r + 1) for r in range(len(REPORTS))]
+    rng = random.Random(cfg.seed * 7919 + idx)
+    mem = TieredMemory(tiers, sink=tally, agent_id=f"report-bot-{idx}", write_back=False)
+    weights = [1.0 / (r + 1) ** 1.5 for r in range(len(REPORTS))]
     while time.monotonic() < stop:
         with contextlib.suppress(AllTiersFailedError):
             await mem.search(rng.choices(REPORTS, weights)[0], limit=5, query_type="report")
@@ -270,7 +274,11 @@ async def run_demo(cfg: DemoConfig) -> int:
         client = aioredis.Redis.from_url(url)
         await start_from_now(client, APP_ID, ACCESS_PARTITIONS)
         await client.aclose()
-        worker_env = {"TIERSTREAM_ALERT_RULES": str(demo_rules(data_dir / "demo_rules.toml"))}
+        worker_env = {
+            "TIERSTREAM_ALERT_RULES": str(demo_rules(data_dir / "demo_rules.toml")),
+            # 5 s windows: a query read 10 times in one is hot enough to suggest.
+            "TIERSTREAM_SUGGEST_MIN_READS": "10",
+        }
         if cfg.postgres_dsn:
             worker_env["TIERSTREAM_POSTGRES_DSN"] = cfg.postgres_dsn
         worker = DemoWorker(url, data_dir / "worker", cfg.window_s, worker_env).start()
@@ -301,7 +309,7 @@ async def _run(
     t0 = time.monotonic()
     stop = t0 + d
     tasks = [asyncio.create_task(agent(i, tiers, tally, cfg, stop)) for i in range(cfg.agents)]
-    tasks.append(asyncio.create_task(report_agent(tiers, tally, cfg, stop)))
+    tasks += [asyncio.create_task(report_agent(i, tiers, tally, cfg, stop)) for i in range(2)]
     last_events, last_t, phase = 0, t0, 0
     while not all(t.done() for t in tasks):
         await asyncio.sleep(1.0)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import json
 import os
 import shutil
@@ -140,6 +141,14 @@ async def redis_for_demo(url: str) -> AsyncIterator[str]:
         shutil.rmtree(workdir, ignore_errors=True)
 
 
+def _die_with_parent() -> None:
+    """In the child (Linux): SIGTERM it when the demo dies, even by SIGKILL, so a
+    worker never outlives its demo and joins the next demo's group."""
+    if sys.platform.startswith("linux"):
+        with contextlib.suppress(OSError, AttributeError):
+            ctypes.CDLL(None).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
 class DemoWorker:
     """One ``tierstream worker`` subprocess for the demo."""
 
@@ -170,6 +179,7 @@ class DemoWorker:
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
                 start_new_session=True,
+                preexec_fn=_die_with_parent,
             )
         return self
 

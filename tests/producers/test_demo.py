@@ -45,6 +45,7 @@ def run_demo(url: str, tmp_path: Path, duration: float) -> subprocess.CompletedP
     )
 
 
+@pytest.mark.timeout(300)
 def test_demo_tells_the_story_end_to_end(redis_url: str, tmp_path: Path) -> None:
     """Worker, agents, incident: an alert fires and resolves, suggestions appear, every
     published event is counted by the pipeline's windows, and nothing is left running."""
