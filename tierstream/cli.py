@@ -85,7 +85,7 @@ def publish(redis_url: str, topic: str | None, max_buffer: int, timeout: float) 
 
 @main.command()
 @redis_option
-@click.option("--duration", default=20.0, show_default=True, help="Seconds to run.")
+@click.option("--duration", default=100.0, show_default=True, help="Seconds of traffic.")
 @click.option("--agents", default=4, show_default=True, help="Simulated agents.")
 @click.option(
     "--postgres-dsn",
@@ -95,7 +95,7 @@ def publish(redis_url: str, topic: str | None, max_buffer: int, timeout: float) 
     "SQLite). Env: TIERSTREAM_POSTGRES_DSN.",
 )
 def demo(redis_url: str, duration: float, agents: int, postgres_dsn: str | None) -> None:
-    """Simulated agents doing real tiered accesses, published to Redis Streams."""
+    """The whole pipeline: a worker, simulated agents, an L1 incident, live results."""
     from tierstream.demo import DemoConfig, run_demo
 
     settings = Settings.from_env(os.environ)
