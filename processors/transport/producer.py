@@ -328,7 +328,7 @@ class Producer(faust_producer.Producer):
                     if _BROKEN_STREAM in str(res):
                         retry.append(item)
                         broken.add((item.topic, item.partition))
-                    elif str(res).startswith("NOSCRIPT"):
+                    elif isinstance(res, redis.exceptions.NoScriptError):
                         retry.append(item)  # Redis restarted: load the script again
                         reload_scripts = True
                     elif str(res).startswith(FENCED_PREFIX) and group is not None:
