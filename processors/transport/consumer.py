@@ -158,7 +158,9 @@ class Consumer(FetchingConsumer):
                 if change is not None:
                     await self._on_group_change(group, change)
             except CONNECTION_ERRORS as exc:
-                delay = backoff.next_delay()
+                # Never wait longer than a heartbeat interval: a Redis that is
+                # back must see this member before its session times out.
+                delay = min(backoff.next_delay(), group.interval)
                 self.log.warning("Group heartbeat to Redis failed (%s); retrying", exc)
                 await self.sleep(delay)
                 continue
