@@ -191,14 +191,20 @@ class Transport(base.Transport):
         retention: Seconds | None = None,
         compacting: bool | None = None,
     ) -> int:
-        """Create ``topic`` unless it exists (Faust's ``Topic.declare``)."""
+        """Create ``topic`` unless it exists (Faust's ``Topic.declare``); waits
+        (retrying) while Redis is away, so an agent declaring a topic then
+        does not crash."""
         if not self.app.conf.topic_allow_declare:
             logger.warning("Topic creation disabled! Can't create topic %s", topic)
             return await self.ensure_topic(topic)
         retention_ms = int(want_seconds(retention) * 1000) if retention else None
-        return await self.topics.create(
-            topic, partitions, retention_ms=retention_ms, compacting=compacting
-        )
+
+        async def create() -> int:
+            return await self.topics.create(
+                topic, partitions, retention_ms=retention_ms, compacting=compacting
+            )
+
+        return await self.retrying(create, f"declare topic {topic}", lambda: self.app.should_stop)
 
     # --- partitioning ------------------------------------------------------------
 
