@@ -176,10 +176,12 @@ def child_main(args: argparse.Namespace) -> None:
             seen += 1
             if seen == 1:
                 marks["first"] = time.perf_counter()
+                marks["cpu_first"] = time.process_time()
                 if profiler is not None:
                     profiler.enable()
             if seen == n:
                 marks["last"] = time.perf_counter()
+                marks["cpu_last"] = time.process_time()
                 finish()
 
     if args.child == "channel":

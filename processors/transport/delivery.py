@@ -67,9 +67,30 @@ class DeliveryLoop(faust_consumer.Consumer):
             await asyncio.wait_for(event.wait(), timeout)
 
     async def _drain_messages(self, fetcher: Any) -> None:  # pragma: no cover - hot loop
-        """Faust's fetch-and-deliver loop with eager delivery (see module doc)."""
+        """Faust's fetch-and-deliver loop with eager delivery (see module doc).
+
+        Per fetch: the records of each partition are turned into messages and
+        handed to the conductor one by one, in offset order, as Faust's loop
+        does, but without an async generator step per message, and with the
+        conductor's per-partition handler called directly while its index
+        lock is free (what ``Conductor.on_message`` does, minus taking and
+        releasing the free lock). The rest of a partition's records is
+        dropped when it is sought, the flow is suspended or the generation
+        changes (they are read again).
+        """
+        app = self.app
         callback = self.callback
-        getmany = self.getmany
+        conductor: Any = app.topics
+        # The conductor's own handler map (what ``conductor.on_message`` looks
+        # up under ``_tp_to_callback_lock``); not in client-only mode, whose
+        # ``on_message`` maps every message to partition 0.
+        direct = not app.client_only and callback is getattr(conductor, "on_message", None)
+        handlers = conductor._tp_to_callback if direct else {}
+        lock = conductor._tp_to_callback_lock if direct else None
+        wait_next_records = self._wait_next_records
+        to_message: Any = self._to_message  # FetchingConsumer._to_message
+        highwater = self.highwater
+        track = app.monitor.track_tp_end_offset
         consumer_should_stop = self._stopped.is_set
         fetcher_should_stop = fetcher._stopped.is_set
         get_read_offset = self._read_offset.__getitem__
@@ -77,7 +98,7 @@ class DeliveryLoop(faust_consumer.Consumer):
         set_flag = self.diag.set_flag
         unset_flag = self.diag.unset_flag
         commit_every = self._commit_every
-        acks_enabled_for = self.app.topics.acks_enabled_for
+        acks_enabled_for = app.topics.acks_enabled_for
         epochs = self._epochs
         yield_every = 100
         num_since_yield = 0
@@ -85,37 +106,59 @@ class DeliveryLoop(faust_consumer.Consumer):
         try:
             while not (consumer_should_stop() or fetcher_should_stop()):
                 set_flag(faust_consumer.CONSUMER_FETCHING)
-                ait = getmany(timeout=1.0)
-                await self.sleep(0)
-                if not self.should_stop:
-                    async for tp, message in ait:
-                        num_since_yield += 1
-                        if num_since_yield > yield_every:
-                            await sleep(0)
-                            num_since_yield = 0
-                        offset = message.offset
-                        r_offset = get_read_offset(tp)
-                        if r_offset is None or offset >= r_offset:
-                            gap = offset - (r_offset or 0)
-                            if gap > 1 and r_offset and acks_enabled_for(message.topic):
-                                await self._add_gap(tp, r_offset + 1, offset)
-                            if commit_every is not None and self._n_acked >= commit_every:
-                                self._n_acked = 0
-                                await self.commit()
-                            pending = start_eagerly(callback(message))
-                            if pending is not None:
-                                epoch = epochs.get(tp)
-                                self._delivering = message
-                                try:
-                                    await self.wait_first(pending, self.suspend_flow.wait())
-                                finally:
-                                    self._delivering = None
-                                if epochs.get(tp) != epoch:
-                                    # Sought while this delivery waited for
-                                    # room: the seek retired the message.
-                                    continue
-                            set_read_offset(tp, offset)
-                    unset_flag(faust_consumer.CONSUMER_FETCHING)
+                # As Faust: never loop on fetches without giving the loop a turn.
+                await sleep(0)
+                records, _active = await wait_next_records(1.0)
+                if records and not self.should_stop and self.flow_active:
+                    generation_id = app.consumer_generation_id
+                    # No await since the fetch checked the epochs: these are the fetch's.
+                    started = {tp: epochs.get(tp) for tp in records}
+                    for tp, batch in records.items():
+                        track(tp, highwater(tp))
+                        epoch = started[tp]
+                        for record in batch:
+                            num_since_yield += 1
+                            if num_since_yield > yield_every:
+                                await sleep(0)
+                                num_since_yield = 0
+                            if (
+                                epochs.get(tp) != epoch
+                                or not self.flow_active
+                                or app.consumer_generation_id != generation_id
+                            ):
+                                break  # sought, suspended or rebalanced: re-read later
+                            message = to_message(tp, record, generation_id)
+                            offset = message.offset
+                            r_offset = get_read_offset(tp)
+                            if r_offset is None or offset >= r_offset:
+                                gap = offset - (r_offset or 0)
+                                if gap > 1 and r_offset and acks_enabled_for(message.topic):
+                                    await self._add_gap(tp, r_offset + 1, offset)
+                                if commit_every is not None and self._n_acked >= commit_every:
+                                    self._n_acked = 0
+                                    await self.commit()
+                                handler = (
+                                    handlers.get(tp)
+                                    if lock is not None and not (lock.locked() or lock._waiters)
+                                    else None
+                                )
+                                pending = start_eagerly(
+                                    handler(message) if handler is not None else callback(message)
+                                )
+                                if pending is not None:
+                                    self._delivering = message
+                                    try:
+                                        await self.wait_first(pending, self.suspend_flow.wait())
+                                    finally:
+                                        self._delivering = None
+                                    if epochs.get(tp) != epoch:
+                                        # Sought while this delivery waited for
+                                        # room: the seek retired the message.
+                                        continue
+                                set_read_offset(tp, offset)
+                        if not self.flow_active or app.consumer_generation_id != generation_id:
+                            break
+                unset_flag(faust_consumer.CONSUMER_FETCHING)
         except asyncio.CancelledError:
             if self.transport.app.should_stop:
                 self.log.info("Consumer shutting down for user cancel.")

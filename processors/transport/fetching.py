@@ -173,9 +173,24 @@ class FetchingConsumer(PositionsConsumer):
                 break
             offset = int(entry_id[2:]) - 1
             last = offset
-            d = dict(zip(fields[::2], fields[1::2], strict=True))
-            value = d.get(VALUE)
+            # Fast path: the producer's own layout (producer.py), ``v <value>
+            # k <key> t <ms>`` or ``v <value> t <ms>``; anything else (headers,
+            # tombstones, other writers' fields, bad values) takes the general path.
+            n = len(fields)
+            if n >= 4 and fields[0] == VALUE:
+                if n == 6 and fields[2] == KEY and fields[4] == TIMESTAMP:
+                    ts_raw = fields[5]
+                    if ts_raw.isdigit():
+                        out.append((offset, fields[3], fields[1], int(ts_raw) / 1000.0, None))
+                        continue
+                elif n == 4 and fields[2] == TIMESTAMP:
+                    ts_raw = fields[3]
+                    if ts_raw.isdigit():
+                        out.append((offset, None, fields[1], int(ts_raw) / 1000.0, None))
+                        continue
             try:
+                d = dict(zip(fields[::2], fields[1::2], strict=True))
+                value = d.get(VALUE)
                 if value is None:
                     raise ValueError("entry has no 'v' (value) field")
                 ts_raw = d.get(TIMESTAMP)
@@ -214,7 +229,7 @@ class FetchingConsumer(PositionsConsumer):
             index.add(offset)
             self._acked[tp].append(offset)
 
-    def _to_message(self, tp: TP, record: Any) -> ConsumerMessage:
+    def _to_message(self, tp: TP, record: Any, generation_id: int | None = None) -> ConsumerMessage:
         offset, key, value, ts, headers = record
         return ConsumerMessage(
             tp.topic,
@@ -229,7 +244,9 @@ class FetchingConsumer(PositionsConsumer):
             len(key) if key is not None else 0,
             len(value) if value is not None else 0,
             tp,
-            generation_id=self.app.consumer_generation_id,
+            generation_id=(
+                self.app.consumer_generation_id if generation_id is None else generation_id
+            ),
         )
 
     def _new_topicpartition(self, topic: str, partition: int) -> TP:
