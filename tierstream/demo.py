@@ -129,6 +129,9 @@ async def seed(l2: Tier, l3: Tier) -> None:
             await l3.put(f"doc:{i}", doc(i)["text"])
 
     await asyncio.gather(*(one(i) for i in range(DOCS)))
+    # the reports the report agents search for exist only in L3, so L3 answers them
+    for i, text in enumerate(REPORTS):
+        await l3.put(f"report:{i}", text)
 
 
 class Tally:
