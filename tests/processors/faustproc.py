@@ -47,6 +47,9 @@ def app_env(broker_url: str, app_id: str, **knobs: str | float | int) -> dict[st
     env["BROKER_URL"] = broker_url
     env["APP_ID"] = app_id
     env["EXIT_WITH_PARENT"] = str(os.getpid())
+    # tests that want history (tests/sinks) pass TIERSTREAM_HISTORY and a DSN as knobs;
+    # the others must not write into whatever PostgreSQL answers by default
+    env.setdefault("TIERSTREAM_HISTORY", "0")
     env.update({k: str(v) for k, v in knobs.items()})
     return env
 

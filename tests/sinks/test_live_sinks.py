@@ -214,6 +214,8 @@ def start_worker(redis_url: str, tmp_path: Path, name: str, **knobs: Any) -> fp.
         TIERSTREAM_REDIS_URL=redis_url,
         TIERSTREAM_APP_ID="pipeline",
         TIERSTREAM_ALERT_RULES=str(rules),
+        # on when a test gives a DSN (tests/processors/faustproc.py turns it off by default)
+        TIERSTREAM_HISTORY="1" if "TIERSTREAM_POSTGRES_DSN" in knobs else "0",
         **{**KNOBS, **knobs},
     )
     return fp.FaustWorker("apps.pipeline_app", env, tmp_path, name).start()
