@@ -3,9 +3,15 @@
 An entry's value is one MEMORY_TIER_ACCESS object or a JSON array of them
 (``schemas/wire.py``). :func:`decode_entry_events` returns the valid events
 and a :class:`BadEvent` for everything else: the whole value when it is not
-JSON (``index`` None), or one array item that fails
-:func:`schemas.access.validate_access` (with its index and the reason). The
-caller dead-letters the bad ones; nothing is dropped silently.
+JSON (``index`` None), or one array item that
+:func:`schemas.access.validate_access` rejects (with its index and that
+function's message). The caller dead-letters the bad ones; nothing is dropped
+silently.
+
+Cost: the value is decoded once (orjson) and the items are checked with
+:func:`schemas.access.check_access_batch`, the compiled validator with the
+same verdicts and messages as ``validate_access`` at about a third of its
+cost; valid events are returned as decoded (no copies).
 """
 
 from __future__ import annotations
@@ -15,7 +21,7 @@ from typing import Any
 
 import orjson
 
-from ...schemas.access import validate_access
+from ...schemas.access import check_access_batch
 from ...schemas.errors import TierstreamError
 from ...schemas.wire import decode_events
 
@@ -39,11 +45,8 @@ def decode_entry_events(value: bytes | None) -> tuple[list[dict[str, Any]], list
         items = decode_events(value)
     except TierstreamError as exc:
         return [], [BadEvent(None, str(exc), value)]
-    good: list[dict[str, Any]] = []
-    bad: list[BadEvent] = []
-    for i, item in enumerate(items):
-        try:
-            good.append(validate_access(item))  # type: ignore[arg-type]
-        except TierstreamError as exc:
-            bad.append(BadEvent(i, str(exc), orjson.dumps(item)))
-    return good, bad
+    good, errors = check_access_batch(items)
+    if not errors:
+        return good, []  # type: ignore[return-value]
+    bad = [BadEvent(i, str(exc), orjson.dumps(items[i])) for i, exc in errors]
+    return good, bad  # type: ignore[return-value]
