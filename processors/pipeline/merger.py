@@ -25,6 +25,14 @@ Fed the messages of ``tierstream.window-partials`` (:meth:`add`, see
   forgotten; a partial for such a window cannot be merged any more and is
   counted in :attr:`stale` (and logged by the caller).
 
+Cost: a partial is decoded (``WindowAggregate.from_dict``) once per base
+window: the partitions' partials of a base window are merged into one
+aggregate, cached until a partial of that window changes, and every view
+window is built by merging its base windows' cached aggregates into a fresh
+one (so a hopping window of five base windows costs five merges, not
+forty decodes). Cached aggregates of base windows older than the longest
+view before :attr:`merged_through` are dropped (rebuilt on a revision).
+
 Persistence: every state change is recorded in :attr:`dirty` (key -> JSON
 value, None = delete); the caller writes them to a table after sending the
 summaries, and :meth:`restore` rebuilds the merger from the table's items.
@@ -43,12 +51,15 @@ from .config import PipelineConfig
 TUMBLING, HOPPING = "tumbling", "hopping"
 
 
-def _retarget(agg: WindowAggregate, start: int, end: int) -> WindowAggregate:
-    """``agg`` relabelled as a piece of window ``[start, end)`` (so it can be merged
-    into it; the daily cost projection uses the target window's length)."""
-    agg.start, agg.end = start, end
-    agg.cost.window_s = end - start
-    return agg
+def _merge_into(target: WindowAggregate, src: WindowAggregate) -> None:
+    """Add ``src`` (a piece of ``target``'s window) into ``target``; ``src`` is not
+    changed (merges copy what they take), so cached aggregates stay intact."""
+    start, end = src.start, src.end
+    src.start, src.end = target.start, target.end
+    try:
+        target.merge(src)
+    finally:
+        src.start, src.end = start, end
 
 
 class WindowMerger:
@@ -69,6 +80,8 @@ class WindowMerger:
         self.revisions: dict[str, int] = {}
         self.stale = 0
         self.dirty: dict[str, Any] = {}
+        #: base window start -> its partials merged (partition order); see module docstring
+        self._base: dict[int, WindowAggregate] = {}
 
     # --- persistence ------------------------------------------------------------
 
@@ -149,6 +162,7 @@ class WindowMerger:
         if slot.get(p) == partial:
             return []
         slot[p] = partial
+        self._base.pop(start, None)
         self.dirty[f"w:{start}:{p}"] = partial
         if not merged:
             self.first_seen.setdefault(start, now)
@@ -202,10 +216,30 @@ class WindowMerger:
         for start in [s for s in self.partials if s + base <= cutoff]:
             for p in self.partials.pop(start):
                 self.dirty[f"w:{start}:{p}"] = None
+        keep_from = target - max(self.cfg.window_s, self.cfg.hop_size_s)
+        for start in [s for s in self._base if s < keep_from]:
+            del self._base[start]
         for key in [k for k in self.revisions if int(k.split(":")[1]) + base <= cutoff]:
             del self.revisions[key]
         self._meta()
         return [s for s in out if s is not None]
+
+    def _base_agg(self, start: int) -> WindowAggregate | None:
+        """The partials of base window ``start`` merged in partition order (cached)."""
+        agg = self._base.get(start)
+        if agg is None:
+            slot = self.partials.get(start)
+            if not slot:
+                return None
+            for p in sorted(slot):
+                a = WindowAggregate.from_dict(slot[p])
+                if agg is None:
+                    agg = a
+                else:
+                    agg.merge(a)
+            assert agg is not None
+            self._base[start] = agg
+        return agg
 
     def _emit(self, view: str, start: int, end: int, revise: bool = False) -> dict | None:
         cfg = self.cfg
@@ -215,16 +249,14 @@ class WindowMerger:
         for b in range(start, end, base):
             slot = self.partials.get(b, {})
             for p in range(cfg.partitions):
-                d = slot.get(p)
-                if d is None:
-                    if self.ct.get(p, 0) < b + base:
-                        complete = False
-                    continue
-                agg = _retarget(WindowAggregate.from_dict(d), start, end)
-                if target is None:
-                    target = agg
-                else:
-                    target.merge(agg)
+                if p not in slot and self.ct.get(p, 0) < b + base:
+                    complete = False
+            agg = self._base_agg(b)
+            if agg is None:
+                continue
+            if target is None:
+                target = WindowAggregate(start, end, agg.cost.costs, agg.heavy.capacity)
+            _merge_into(target, agg)
         if target is None:
             return None
         key = f"{view}:{start}"
@@ -249,13 +281,7 @@ class WindowMerger:
         windows = []
         for start in sorted(s for s in self.partials if s + self.base_s > self.merged_through):
             slot = self.partials[start]
-            agg: WindowAggregate | None = None
-            for p in sorted(slot):
-                a = WindowAggregate.from_dict(slot[p])
-                if agg is None:
-                    agg = a
-                else:
-                    agg.merge(a)
+            agg = self._base_agg(start)
             windows.append(
                 {
                     "window_start": start,
