@@ -2,7 +2,7 @@
 
     python bench/transport.py            # 200k messages, 3 repeats, medians
     python bench/transport.py --quick    # 50k messages, 1 repeat, < 60 s
-    python bench/transport.py --profile  # also cProfile one consume run, print hot spots
+    python bench/transport.py --profile  # also cProfile the child runs, print hot spots
 
 All phases use the same messages: ``--messages`` values of about 100 bytes of
 JSON, keyed ``k<i % 1000>``, on a topic of ``--partitions`` partitions, in
@@ -21,12 +21,23 @@ channel
     that a task in the same worker feeds with the same messages, building a
     ``Message`` for each and doing what the conductor does with a topic message
     (``channel.decode``, then ``channel.put`` to the agent's stream): Faust's
-    own ceiling with no transport.
+    own ceiling with no transport. Note that a channel's ``decode`` does not
+    deserialize and channel messages are not tracked for acks, while a topic's
+    messages are (``Topic.decode`` through the schema and codec registry; ack
+    bookkeeping and sensors in the stream): Faust work any transport pays.
+null
+    Same child and agent on an empty topic of its own, fed by a task that hands
+    ready-made ``ConsumerMessage`` objects of the assigned partitions to the
+    conductor (``app.topics.on_message``), as a transport does: a transport that
+    costs nothing. consume / null is the share left to the redis:// transport.
 raw_xread
     In this process: plain redis-py ``XREAD COUNT 1000`` over all partitions
     until N entries were read; N / elapsed.
 
-With repeats, each phase reports the median. The last line printed is
+Child rates are also given as CPU time of the worker process per message
+(``time.process_time`` between the first and last message), which other load on
+the machine disturbs less than wall-clock rates. With repeats, each phase
+reports the median. The last line printed is
 ``transport: consume_msgs_per_s=<x> channel_msgs_per_s=<c> produce_msgs_per_s=<y>
 raw_xread_per_s=<z>``.
 """
@@ -35,6 +46,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import cProfile
 import json
 import os
@@ -140,7 +152,7 @@ def child_main(args: argparse.Namespace) -> None:
     """Run a worker whose agent counts ``args.messages`` messages, then write the timing
     to ``args.result`` and wait to be terminated by the parent."""
     import faust
-    from faust.types import Message
+    from faust.types import TP, ConsumerMessage, Message
 
     n = args.messages
     datadir = tempfile.mkdtemp(prefix="bench-transport-")
@@ -156,6 +168,9 @@ def child_main(args: argparse.Namespace) -> None:
     schema: Any = faust.Schema(key_serializer="raw", value_serializer="raw")
     if args.child == "consume":
         source: Any = app.topic(args.topic, partitions=args.partitions, schema=schema)
+    elif args.child == "null":
+        # An empty topic of its own: the worker fetches nothing from Redis for it.
+        source = app.topic(args.topic + ".null", partitions=args.partitions, schema=schema)
     else:
         source = app.channel(schema=schema)
     profiler = cProfile.Profile() if args.profile else None
@@ -184,29 +199,34 @@ def child_main(args: argparse.Namespace) -> None:
                 marks["cpu_last"] = time.process_time()
                 finish()
 
+    async def wait_until_flowing() -> int:
+        """The consumer generation, once assigned, flowing and stable."""
+        # Start once the worker is assigned and flowing: a stream skips messages while
+        # flow control is off or that carry another consumer generation.
+        while not (  # noqa: ASYNC110 (no event covers all of these)
+            app.flow_control.is_active()
+            and cast(Any, app.tables).recovery.completed.is_set()
+            and not app.rebalancing
+            and app.consumer.assignment()
+        ):
+            await asyncio.sleep(0.05)
+        # The group protocol may publish a second generation right after the
+        # first: wait until the generation has been stable for a while.
+        generation = app.consumer_generation_id
+        stable_since = time.monotonic()
+        while time.monotonic() - stable_since < 1.5:
+            await asyncio.sleep(0.1)
+            if app.consumer_generation_id != generation or app.rebalancing:
+                generation = app.consumer_generation_id
+                stable_since = time.monotonic()
+        return generation
+
     if args.child == "channel":
         values = make_values(n)
 
         @app.task
         async def feed() -> None:
-            # Start once the worker is assigned and flowing: a stream skips messages while
-            # flow control is off or that carry another consumer generation.
-            while not (  # noqa: ASYNC110 (no event covers all of these)
-                app.flow_control.is_active()
-                and cast(Any, app.tables).recovery.completed.is_set()
-                and not app.rebalancing
-                and app.consumer.assignment()
-            ):
-                await asyncio.sleep(0.05)
-            # The group protocol may publish a second generation right after the
-            # first: wait until the generation has been stable for a while.
-            generation = app.consumer_generation_id
-            stable_since = time.monotonic()
-            while time.monotonic() - stable_since < 1.5:
-                await asyncio.sleep(0.1)
-                if app.consumer_generation_id != generation or app.rebalancing:
-                    generation = app.consumer_generation_id
-                    stable_since = time.monotonic()
+            generation = await wait_until_flowing()
             decode, put = source.decode, source.put
             for i, value in enumerate(values):
                 message = Message(
@@ -225,6 +245,63 @@ def child_main(args: argparse.Namespace) -> None:
                 # for every stream reading the channel.
                 await put(await decode(message))
 
+    if args.child == "null":
+        values = make_values(n)
+
+        @app.task
+        async def feed_conductor() -> None:
+            # A transport that costs nothing: ready-made ConsumerMessages of the
+            # assigned topic, handed to Faust's conductor as the redis:// delivery loop
+            # does (topic decode, per-partition handler, stream buffer, acks, commits):
+            # "fetches" of up to 125 messages per unpaused partition, a loop turn
+            # every 100 messages, and a wait for a buffer to drain while every
+            # partition is paused because its stream buffer is full.
+            generation = await wait_until_flowing()
+            on_message = app.topics.on_message
+            consumer: Any = app.consumer
+            paused = consumer._buffered_partitions
+            name = source.get_topic_name()
+            parts = args.partitions
+            tps = [TP(name, p) for p in range(parts)]
+            next_i = list(range(parts))  # next message index of each partition
+            since_yield = 0
+            while any(i < n for i in next_i):
+                fed = 0
+                for p, tp in enumerate(tps):
+                    if tp in paused:
+                        continue
+                    i, end = next_i[p], min(n, next_i[p] + 125 * parts)
+                    while i < end:
+                        key, value = key_of(i), values[i]
+                        since_yield += 1
+                        if since_yield > 100:
+                            await asyncio.sleep(0)
+                            since_yield = 0
+                        await on_message(
+                            ConsumerMessage(
+                                name,
+                                p,
+                                i // parts,
+                                time.time(),
+                                0,
+                                None,
+                                key,
+                                value,
+                                None,
+                                len(key),
+                                len(value),
+                                tp,
+                                generation_id=generation,
+                            )
+                        )
+                        i += parts
+                        fed += 1
+                    next_i[p] = i
+                if not fed:
+                    consumer._buffer_dropped.clear()
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(consumer._buffer_dropped.wait(), 0.05)
+
     worker = faust.Worker(app, loglevel=os.environ.get("BENCH_LOGLEVEL", "WARNING"), quiet=True)
     try:
         worker.execute_from_commandline()
@@ -241,8 +318,9 @@ def run_child(
     workdir: Path,
     profile: bool,
     timeout: float,
-) -> tuple[float, str | None]:
-    """Start a child worker, wait for its timing, terminate it; return (msgs/s, profile)."""
+) -> tuple[float, float, str | None]:
+    """Start a child worker, wait for its timing, terminate it; return (msgs/s, CPU
+    microseconds of the worker process per message, profile)."""
     result = workdir / f"{group}.json"
     log = workdir / f"{group}.log"
     cmd = [
@@ -293,8 +371,9 @@ def run_child(
                 proc.wait()
     marks = json.loads(result.read_text())
     rate = (marks["n"] - 1) / (marks["last"] - marks["first"])
+    cpu_us = (marks["cpu_last"] - marks["cpu_first"]) / (marks["n"] - 1) * 1e6
     prof = str(result) + ".prof"
-    return rate, prof if os.path.exists(prof) else None
+    return rate, cpu_us, prof if os.path.exists(prof) else None
 
 
 def print_profile(path: str, label: str) -> None:
@@ -321,9 +400,9 @@ def main() -> None:
     parser.add_argument(
         "--profile",
         action="store_true",
-        help="after measuring, cProfile one consume and one channel run",
+        help="after measuring, cProfile one consume, channel and null run",
     )
-    parser.add_argument("--child", choices=["consume", "channel"], help=argparse.SUPPRESS)
+    parser.add_argument("--child", choices=["consume", "channel", "null"], help=argparse.SUPPRESS)
     parser.add_argument("--topic", help=argparse.SUPPRESS)
     parser.add_argument("--group", help=argparse.SUPPRESS)
     parser.add_argument("--result", help=argparse.SUPPRESS)
@@ -339,7 +418,14 @@ def main() -> None:
     client = redis.Redis(host=REDIS_HOST, port=REDIS_PORT, db=REDIS_DB)
     client.flushdb()
     values = make_values(n)
-    rates: dict[str, list[float]] = {"produce": [], "consume": [], "channel": [], "raw": []}
+    rates: dict[str, list[float]] = {
+        "produce": [],
+        "consume": [],
+        "channel": [],
+        "raw": [],
+        "null": [],
+    }
+    cpu: dict[str, list[float]] = {"consume": [], "channel": [], "null": []}
     workdir = Path(tempfile.mkdtemp(prefix="bench-transport-"))
     print(
         f"redis {BROKER}: {n} messages of ~{sum(map(len, values)) // n} bytes, "
@@ -351,23 +437,22 @@ def main() -> None:
             topic = f"bench-{r}"
             rates["produce"].append(asyncio.run(produce(topic, values, parts)))
             rates["raw"].append(raw_xread(topic, n, parts))
-            rates["consume"].append(
-                run_child(
-                    "consume", topic, f"bench-consume-{r}", n, parts, workdir, False, child_timeout
-                )[0]
-            )
-            rates["channel"].append(
-                run_child(
-                    "channel", topic, f"bench-channel-{r}", n, parts, workdir, False, child_timeout
-                )[0]
-            )
+            for mode in ("consume", "channel", "null"):
+                rate, cpu_us, _prof = run_child(
+                    mode, topic, f"bench-{mode}-{r}", n, parts, workdir, False, child_timeout
+                )
+                rates[mode].append(rate)
+                cpu[mode].append(cpu_us)
             print(
-                f"run {r + 1}: " + " ".join(f"{k}={v[-1]:,.0f}/s" for k, v in rates.items()),
+                f"run {r + 1}: "
+                + " ".join(f"{k}={v[-1]:,.0f}/s" for k, v in rates.items())
+                + " | CPU us/msg "
+                + " ".join(f"{k}={v[-1]:.1f}" for k, v in cpu.items()),
                 flush=True,
             )
         if args.profile:
-            for mode in ("consume", "channel"):
-                _rate, prof = run_child(
+            for mode in ("consume", "channel", "null"):
+                _rate, _cpu, prof = run_child(
                     mode,
                     "bench-0",
                     f"bench-profile-{mode}",
@@ -385,6 +470,13 @@ def main() -> None:
         shutil.rmtree(workdir, ignore_errors=True)
 
     med = {k: int(statistics.median(v)) for k, v in rates.items()}
+    cpu_med = {k: statistics.median(v) for k, v in cpu.items()}
+    print(
+        f"worker CPU per message (median): consume {cpu_med['consume']:.1f} us, "
+        f"channel {cpu_med['channel']:.1f} us, null transport {cpu_med['null']:.1f} us; "
+        f"null_transport_msgs_per_s={med['null']} "
+        f"(consume/null = {med['consume'] / med['null']:.2f})"
+    )
     print(f"consume/channel = {med['consume'] / med['channel']:.2f} (target >= 0.80)")
     print(
         f"transport: consume_msgs_per_s={med['consume']} channel_msgs_per_s={med['channel']} "
