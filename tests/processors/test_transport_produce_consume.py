@@ -275,3 +275,41 @@ async def test_position_beyond_stream_end_resets_to_earliest(
     c._set_position(tp, 60)
     c._check_out_of_range({tp: (0, 3)}, epochs, {tp: 60})
     assert await c.position(tp) == 60
+
+
+async def test_entry_layouts_parse_alike(
+    harness: Harness, aredis: aioredis.Redis, unique: str
+) -> None:
+    """The producer's own layouts (keyed, keyless) take a fast path; other
+    writers' field orders, headers and tombstones the general one: all give
+    the same records, and a bad timestamp is dead-lettered on either path."""
+    await harness.app.transport.create_topic(unique, 1)  # type: ignore[attr-defined]
+    key = names.stream_key(unique, 0)
+    await harness.producer.send_and_wait(unique, b"k0", b"v0", 0, 1_700_000_000.5, None)
+    await harness.producer.send_and_wait(unique, None, b"v1", 0, 1_700_000_001.0, None)
+    await harness.producer.send_and_wait(unique, b"k2", b"v2", 0, 1_700_000_002.0, {"h": "x"})
+    await harness.producer.send_and_wait(unique, b"k3", None, 0, 1_700_000_003.0, None)
+    # Another writer: same fields, another order.
+    await aredis.xadd(key, {"t": "1700000004000", "k": "k4", "v": "v4"}, id="0-*")
+    await aredis.xadd(key, {"v": "v5", "k": "k5", "t": "soon"}, id="0-*")  # bad timestamp
+    await aredis.xadd(key, {"v": "v6", "t": "-5"}, id="0-*")  # general path: accepted
+    await aredis.xadd(key, {"v": "v7", "t": "1.5"}, id="0-*")  # bad timestamp, keyless layout
+    tp = TP(unique, 0)
+    c = harness.consumer
+    harness.assign({tp})
+    harness.app.topics._acking_topics.add(unique)  # type: ignore[attr-defined]
+    c._set_position(tp, 0)
+    got = await harness.fetch_all({tp}, rounds=2)
+    messages = [c._to_message(tp, r) for r in got[tp]]
+    assert [(m.offset, m.key, m.value, m.timestamp, m.headers) for m in messages] == [
+        (0, b"k0", b"v0", 1_700_000_000.5, None),
+        (1, None, b"v1", 1_700_000_001.0, None),
+        (2, b"k2", b"v2", 1_700_000_002.0, [("h", b"x")]),
+        (3, b"k3", None, 1_700_000_003.0, None),
+        (4, b"k4", b"v4", 1_700_000_004.0, None),
+        (6, None, b"v6", -0.005, None),
+    ]
+    assert {5, 7} <= c._acked_index[tp]
+    dlq: Any = await aredis.xrange(names.dead_letter_key(unique))
+    assert sorted(fields[b"id"] for _, fields in dlq) == [b"0-6", b"0-8"]
+    assert await c.position(tp) == 8
