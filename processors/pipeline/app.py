@@ -55,6 +55,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import os
+from collections.abc import Mapping
 from typing import Any
 
 import faust
@@ -77,8 +78,12 @@ MARKS_TABLE = "tierstream-window-marks"
 MERGE_TABLE = "tierstream-window-merge"
 
 
-def config_from(settings: Settings) -> PipelineConfig:
+def config_from(settings: Settings, env: Mapping[str, str] | None = None) -> PipelineConfig:
+    """The pipeline's config from the settings, plus ``TIERSTREAM_MAX_AHEAD_S``
+    (far-future limit, default 300) from ``env`` (default: the environment)."""
+    env = os.environ if env is None else env
     return PipelineConfig(
+        max_ahead_s=float(env.get("TIERSTREAM_MAX_AHEAD_S", "300")),
         window_s=settings.window_s,
         hop_size_s=settings.hop_size_s,
         hop_step_s=settings.hop_step_s,
@@ -125,7 +130,7 @@ async def aggregate(stream: StreamT[bytes]) -> None:
     """One stream entry (a batch of events) at a time."""
     async for event in stream.events():
         msg = event.message
-        await aggregation.on_entry(msg.partition, msg.offset, event.value)
+        await aggregation.on_entry(msg.partition, msg.offset, event.value, msg.timestamp)
 
 
 @app.agent(partials_topic)

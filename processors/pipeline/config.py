@@ -47,6 +47,9 @@ class PipelineConfig:
     top: int = DEFAULT_TOP
     #: price of one access per tier (missing tiers cost 0)
     costs: Mapping[str, float] = field(default_factory=dict)
+    #: an event whose ``ts`` is more than this ahead of its entry's producer
+    #: timestamp is dead-lettered (it would close windows early), s
+    max_ahead_s: float = 300.0
 
     def __post_init__(self) -> None:
         _whole("window_s", self.window_s)
@@ -58,6 +61,8 @@ class PipelineConfig:
             )
         if self.grace_s < 0 or self.lateness_s < 0 or self.merge_timeout_s <= 0:
             raise ValueError("grace_s and lateness_s must be >= 0, merge_timeout_s > 0")
+        if not self.max_ahead_s > 0:
+            raise ValueError(f"max_ahead_s must be > 0, got {self.max_ahead_s!r}")
         if self.partitions < 1 or self.capacity < 1 or self.top < 1:
             raise ValueError("partitions, capacity and top must be >= 1")
 

@@ -8,6 +8,15 @@ JSON (``index`` None), or one array item that
 function's message). The caller dead-letters the bad ones; nothing is dropped
 silently.
 
+Far-future events: given the entry's producer timestamp ``produced_at``
+(epoch seconds: the entry's ``t`` field, or the read time when it has none),
+a valid event with ``ts > produced_at + max_ahead_s`` is bad too. Windows
+close by event time, so one event stamped hours ahead (a wrong clock, ms
+instead of s within range) would otherwise close every open window of its
+partition early and make the real events late. The verdict depends only on
+the entry, so live and replay agree (for entries that carry ``t``, as every
+entry the Publisher and the transport write does).
+
 Cost: the value is decoded once (orjson) and the items are checked with
 :func:`schemas.access.check_access_batch`, the compiled validator with the
 same verdicts and messages as ``validate_access`` at about a third of its
@@ -37,8 +46,11 @@ class BadEvent:
     raw: bytes
 
 
-def decode_entry_events(value: bytes | None) -> tuple[list[dict[str, Any]], list[BadEvent]]:
-    """``(valid events, bad events)`` of one entry value."""
+def decode_entry_events(
+    value: bytes | None, produced_at: float | None = None, max_ahead_s: float | None = None
+) -> tuple[list[dict[str, Any]], list[BadEvent]]:
+    """``(valid events, bad events)`` of one entry value; with ``produced_at`` and
+    ``max_ahead_s``, events too far ahead of the entry are bad (module docstring)."""
     if value is None:
         return [], [BadEvent(None, "entry has a null value (tombstone)", b"")]
     try:
@@ -46,7 +58,36 @@ def decode_entry_events(value: bytes | None) -> tuple[list[dict[str, Any]], list
     except TierstreamError as exc:
         return [], [BadEvent(None, str(exc), value)]
     good, errors = check_access_batch(items)
-    if not errors:
-        return good, []  # type: ignore[return-value]
     bad = [BadEvent(i, str(exc), orjson.dumps(items[i])) for i, exc in errors]
+    if produced_at is not None and max_ahead_s is not None and good:
+        limit = produced_at + max_ahead_s
+        if max([ev["ts"] for ev in good]) > limit:
+            good, bad = _split_far_future(items, good, bad, produced_at, max_ahead_s)
     return good, bad  # type: ignore[return-value]
+
+
+def _split_far_future(
+    items: list[Any],
+    good: list[Any],
+    bad: list[BadEvent],
+    produced_at: float,
+    max_ahead_s: float,
+) -> tuple[list[Any], list[BadEvent]]:
+    limit = produced_at + max_ahead_s
+    valid = {id(ev) for ev in good}
+    kept: list[Any] = []
+    for i, item in enumerate(items):
+        if id(item) not in valid:
+            continue
+        ts = item["ts"]
+        if ts > limit:
+            reason = (
+                f"ts: {ts} is {ts - produced_at:.3f} s ahead of its entry's producer "
+                f"timestamp {produced_at} (more than max_ahead_s={max_ahead_s:g}): a "
+                "far-future event would close windows early"
+            )
+            bad.append(BadEvent(i, reason, orjson.dumps(item)))
+        else:
+            kept.append(item)
+    bad.sort(key=lambda b: -1 if b.index is None else b.index)
+    return kept, bad

@@ -43,7 +43,7 @@ from faust.types import TP, AppT, TableT, TopicT
 from redis.exceptions import RedisError
 
 from ...schemas import names
-from ...schemas.wire import VALUE
+from ...schemas.wire import TIMESTAMP, VALUE
 from .config import PipelineConfig
 from .decode import BadEvent, decode_entry_events
 from .merger import WindowMerger
@@ -66,6 +66,12 @@ def table_put(table: TableT, partition: int, key: str, value: Any) -> None:
     else:
         table.data[key] = value
         table.send_changelog(partition, key, value)
+
+
+def entry_time(fields: dict[bytes, bytes]) -> float:
+    """Producer timestamp of a stream entry (its ``t``, ms), else the time now."""
+    raw = fields.get(TIMESTAMP)
+    return int(raw) / 1000.0 if raw is not None and raw.isdigit() else time.time()
 
 
 def ready(app: AppT) -> bool:
@@ -125,7 +131,11 @@ class AggregateRuntime:
 
     # --- the agent ---------------------------------------------------------------
 
-    async def on_entry(self, p: int, offset: int, value: bytes | None) -> None:
+    async def on_entry(
+        self, p: int, offset: int, value: bytes | None, produced_at: float | None = None
+    ) -> None:
+        """One access-topic entry; ``produced_at``: its producer timestamp (the
+        entry's ``t``; the read time when absent), for the far-future check."""
         async with self._lock(p):
             pw = self._machine(p)
             self.started.add(p)
@@ -135,11 +145,15 @@ class AggregateRuntime:
             if pw.next_offset is not None and offset < pw.next_offset:
                 self.stats["duplicates"] += 1
                 return
-            out += await self._feed(pw, offset, value)
+            out += await self._feed(
+                pw, offset, value, time.time() if produced_at is None else produced_at
+            )
             await self._publish(pw, out)
 
-    async def _feed(self, pw: PartitionWindows, offset: int, value: bytes | None) -> list[Partial]:
-        events, bad = decode_entry_events(value)
+    async def _feed(
+        self, pw: PartitionWindows, offset: int, value: bytes | None, produced_at: float
+    ) -> list[Partial]:
+        events, bad = decode_entry_events(value, produced_at, self.cfg.max_ahead_s)
         self.stats["entries"] += 1
         self.stats["events"] += len(events)
         if bad:
@@ -166,7 +180,7 @@ class AggregateRuntime:
                 self.stats["refilled"] += 1
                 if VALUE not in fields:
                     continue  # the transport dead-letters it
-                out += await self._feed(pw, off, fields[VALUE])
+                out += await self._feed(pw, off, fields[VALUE], entry_time(fields))
         if pw.next_offset is not None and pw.next_offset < end:
             logger.error(
                 "partition %d: offsets %d..%d are no longer in %s (trimmed?): not aggregated",

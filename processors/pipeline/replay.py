@@ -16,7 +16,10 @@ Where replay and live can differ, by design:
   (counted, not aggregated) but aggregated by replay. With a backlog the live
   worker closes by event time too, so for events already stored when the
   worker reads them both give identical summaries (the tests check this).
-- Invalid events are counted (``bad_events``) but not dead-lettered again.
+- Invalid events are counted (``bad_events``) but not dead-lettered again;
+  that includes far-future events (see :mod:`.decode`), judged against the
+  entry's ``t`` as live does (an entry without ``t`` is judged against the
+  read time, which differs between live and replay).
 - A window closed live by the merge timeout before every partition reported
   (``complete: false``) is complete in replay.
 """
@@ -35,6 +38,7 @@ from ...schemas import names
 from ...schemas.wire import VALUE
 from .config import PipelineConfig
 from .decode import decode_entry_events
+from .live import entry_time
 from .merger import WindowMerger
 from .partition import Partial, PartitionWindows
 
@@ -120,7 +124,9 @@ async def replay(
                     cursor[p] = off + 1
                     if VALUE not in fields:
                         continue
-                    events, bad = decode_entry_events(fields[VALUE])
+                    events, bad = decode_entry_events(
+                        fields[VALUE], entry_time(fields), cfg.max_ahead_s
+                    )
                     res.entries += 1
                     res.bad_events += len(bad)
                     events = [e for e in events if since <= e["ts"] < until]

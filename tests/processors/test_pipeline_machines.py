@@ -17,6 +17,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from tierstream.processors.pipeline import (
     HOPPING,
     TUMBLING,
+    Partial,
     PartitionWindows,
     PipelineConfig,
     WindowMerger,
@@ -338,3 +339,42 @@ def test_decode_splits_good_and_bad_events_with_reasons() -> None:
     assert "total_latency_ms" in bad[0].reason and "agent_id" in bad[1].reason
     good, bad = decode_entry_events(b"{not json")
     assert good == [] and bad[0].index is None and "JSON" in bad[0].reason
+
+
+def test_far_future_events_are_bad_and_do_not_close_windows() -> None:
+    import orjson
+
+    produced_at = T + 10.0
+    near = ev(T + 1)
+    edge = ev(produced_at + CFG.max_ahead_s)  # exactly at the limit: kept
+    far = ev(produced_at + CFG.max_ahead_s + 0.5)
+    broken = ev(T + 1)
+    del broken["operation"]
+    value = orjson.dumps([near, far, broken, edge])
+    good, bad = decode_entry_events(value, produced_at, CFG.max_ahead_s)
+    assert [e["ts"] for e in good] == [near["ts"], edge["ts"]]
+    assert [b.index for b in bad] == [1, 2]
+    assert "ahead of its entry's producer timestamp" in bad[0].reason
+    assert orjson.loads(bad[0].raw) == far
+    assert "operation" in bad[1].reason
+    # without a producer time nothing is judged far-future (the callers always pass one)
+    assert len(decode_entry_events(value)[0]) == 3
+
+    # Fed to a partition, the far event would close window T (ts >= end + lateness)
+    # and make the next event of T late; dead-lettered, T stays open.
+    def closed(out: list[Partial]) -> list[int | None]:
+        return [p.window_start for p in out if p.aggregate is not None]
+
+    pw = PartitionWindows(0, CFG)
+    assert closed(pw.add(0, good[:1])) == []
+    assert closed(pw.add(1, [ev(T + 2)])) == []
+    assert pw.windows[T].events == 2 and pw.windows[T].late == 0
+    unchecked = PartitionWindows(0, CFG)
+    assert closed(unchecked.add(0, [near, far])) == [T]  # what the check prevents
+    unchecked.add(1, [ev(T + 2)])
+    assert T not in unchecked.windows
+
+
+def test_max_ahead_must_be_positive() -> None:
+    with pytest.raises(ValueError, match="max_ahead_s"):
+        PipelineConfig(max_ahead_s=0)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -78,6 +79,10 @@ def test_bad_events_are_dead_lettered_and_the_worker_keeps_going(
     rdb.xadd(stream, {b"v": b"{not json"}, id="0-*")
     rdb.xadd(stream, {b"v": orjson.dumps([missing, absurd])}, id="0-*")
     rdb.xadd(stream, {b"v": b"42"}, id="0-*")
+    # an hour ahead of its entry's producer time: would close every window of partition 1
+    now = time.time()
+    far = {**good, "event_id": "far-future", "ts": now + 3600}
+    rdb.xadd(stream, {b"v": orjson.dumps([far]), b"t": b"%d" % int(now * 1000)}, id="0-*")
     asyncio.run(publish(redis_url, events[half:], 4))
 
     worker = start_worker(4)
@@ -86,12 +91,13 @@ def test_bad_events_are_dead_lettered_and_the_worker_keeps_going(
 
     dead: Any = rdb.xrange(names.dead_letter_key(names.ACCESS_TOPIC))
     reasons = [(f[b"index"], f[b"reason"].decode()) for _id, f in dead]
-    assert len(reasons) == 4, reasons
+    assert len(reasons) == 5, reasons
     assert all(f[b"stream"] == stream.encode() for _id, f in dead)
     assert reasons[0][0] == b"" and "JSON" in reasons[0][1]
     assert reasons[1][0] == b"0" and "agent_id" in reasons[1][1]
     assert reasons[2][0] == b"1" and "total_latency_ms" in reasons[2][1]
     assert "object" in reasons[3][1]
-    assert int(rdb.get(names.dead_letter_count_key(names.ACCESS_TOPIC)) or 0) == 4
+    assert reasons[4][0] == b"0" and "ahead of its entry's producer timestamp" in reasons[4][1]
+    assert int(rdb.get(names.dead_letter_count_key(names.ACCESS_TOPIC)) or 0) == 5
     stats = (worker.state() or {})["stats"]
-    assert stats["dead_letters"] == 4 and stats["events"] == len(events)
+    assert stats["dead_letters"] == 5 and stats["events"] == len(events)
