@@ -202,6 +202,18 @@ def wait_for_log(path: Path, text: bytes, proc: subprocess.Popen[bytes], limit: 
         time.sleep(0.02)
 
 
+def print_changelogs(r: redis.Redis) -> None:
+    """Entries and bytes of the merge table's changelog and the partials topic."""
+    for topic in (
+        "tierstream-pipeline-tierstream-window-merge-changelog",
+        "tierstream.window-partials",
+    ):
+        key = stream_key(topic, 0)
+        n = r.xlen(key)
+        size = r.memory_usage(key, samples=0) or 0
+        print(f"{topic}: {n} entries, {size / 1e6:.1f} MB in Redis", flush=True)
+
+
 def run_pipeline(n: int, timeout: float) -> tuple[float, float]:
     """Start a worker on the published backlog; (seconds to the last summary, peak RSS MB)."""
     r = redis.Redis(host=REDIS_HOST, port=REDIS_PORT, db=REDIS_DB)
@@ -237,6 +249,7 @@ def run_pipeline(n: int, timeout: float) -> tuple[float, float]:
             if got != n:
                 raise SystemExit(f"summaries count {got} events, {n} were published")
             rss = peak_rss_mb(proc.pid)
+            print_changelogs(r)
         finally:
             proc.send_signal(signal.SIGTERM)
             try:
