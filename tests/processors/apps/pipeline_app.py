@@ -23,9 +23,11 @@ DELAY = env_float("ENTRY_DELAY", 0.0)
 if DELAY > 0:
     _on_entry = pipeline.aggregation.on_entry
 
-    async def _slow_on_entry(p: int, offset: int, value: bytes | None) -> None:
+    async def _slow_on_entry(
+        p: int, offset: int, value: bytes | None, produced_at: float | None = None
+    ) -> None:
         await asyncio.sleep(DELAY)
-        await _on_entry(p, offset, value)
+        await _on_entry(p, offset, value, produced_at)
 
     pipeline.aggregation.on_entry = _slow_on_entry  # type: ignore[method-assign]
 
