@@ -15,6 +15,12 @@ and one for seeking while running: the message whose delivery waits for room
 is known (``_delivering``) so that a seek can retire it, and it does not
 move the read offset (see ``PositionsConsumer.seek``).
 
+Smaller savings, measured alone (best of 7 timeit runs): the loop walks the
+fetched records itself instead of an async generator (~0.2 us a message),
+and calls the conductor's per-partition handler directly while the
+conductor's index lock is free instead of ``Conductor.on_message``, which
+takes and releases that lock around the same lookup (~0.7 us a message).
+
 Semantics are Faust's: a delivery that blocks is abandoned when the flow is
 suspended (rebalance) or the consumer stops.
 """
