@@ -40,8 +40,15 @@ DEFAULT_FETCH_TOTAL = 1000
 #: paused (their agent buffers are full): the latency cost of not blocking.
 PAUSED_POLL = 0.05
 
-#: XREAD COUNT is per stream; never ask for fewer than this per stream.
+#: XREAD COUNT is per stream; never ask for fewer than this per stream,
+#: unless the entries are big (see FETCH_BYTES).
 MIN_FETCH_PER_STREAM = 100
+
+#: Rough bound on the bytes one XREAD brings in. Entries can be large (a
+#: Publisher batch of 1000 access events is ~400 KB), and 100 of them from
+#: each of 8 partitions would be ~300 MB per fetch: COUNT is lowered so that
+#: COUNT x (largest recent entry size among the streams read) stays within it.
+FETCH_BYTES = 8 * 1024 * 1024
 
 #: A parsed entry: (offset, key, value, timestamp seconds, headers).
 Record = tuple[int, bytes | None, bytes | None, float, list[tuple[str, bytes]] | None]
@@ -56,6 +63,8 @@ class FetchingConsumer(PositionsConsumer):
     _stream_keys: dict[TP, bytes]
     _tp_of_key: dict[bytes, TP]
     _fetch_total: int
+    #: per partition: recent value size in bytes (moving average of samples)
+    _entry_bytes: dict[TP, int]
     _fetch_backoff: Backoff
     _buffer_dropped: asyncio.Event
 
@@ -81,6 +90,10 @@ class FetchingConsumer(PositionsConsumer):
         ids = [b"0-%d" % positions[tp] for tp in tps]
         client = self.transport.client
         count = max(MIN_FETCH_PER_STREAM, self._fetch_total // len(keys))
+        sizes = self._entry_bytes
+        biggest = max(sizes.get(tp, 0) for tp in tps)
+        if biggest * count > FETCH_BYTES:
+            count = max(1, FETCH_BYTES // biggest)
         # While some partitions are paused because an agent's buffer is full,
         # a blocking read of the others (often idle, e.g. the leader topic)
         # would keep the paused ones waiting for the whole block time after
@@ -129,6 +142,11 @@ class FetchingConsumer(PositionsConsumer):
                 continue
             if out:
                 records[tp] = out
+                # one sample per stream and fetch: the value size of its last entry
+                last = out[-1][2]
+                if last is not None:
+                    old = sizes.get(tp, 0)
+                    sizes[tp] = len(last) if old == 0 else (3 * old + len(last)) // 4
         return records
 
     async def getmany(self, timeout: float) -> AsyncIterator[tuple[TP, Message]]:
