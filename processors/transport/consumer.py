@@ -21,6 +21,7 @@ from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from faust.exceptions import ImproperlyConfigured
+from faust.transport.consumer import CONSUMER_PARTITIONS_REVOKED
 from faust.types import TP
 from faust.types.transports import ConsumerCallback, PartitionsAssignedCallback
 from faust.types.transports import PartitionsRevokedCallback as _Revoked
@@ -32,7 +33,7 @@ from .client import CONNECTION_ERRORS, Backoff
 from .fencing import FencedError
 from .fetching import DEFAULT_FETCH_TOTAL, FetchingConsumer
 from .group import Assign, Change, Fenced, GroupMember, Revoke
-from .membership import Assignment, Membership
+from .membership import Assignment, Membership, tp_field
 
 if TYPE_CHECKING:
     from . import Transport
@@ -190,7 +191,16 @@ class Consumer(FetchingConsumer):
         up only once every previous holder revoked or expired."""
         if isinstance(change, Revoke | Fenced):
             self.app.on_rebalance_start()
-            await self.on_partitions_revoked(set(self._assigned))
+            revoked = set(self._assigned)
+            await self.on_partitions_revoked(revoked)
+            committed = await self._committed(revoked) if revoked else {}
+            self.log.info(
+                "Revoked %d partitions for generation %d; committed offsets (where the "
+                "next owner starts): %s",
+                len(revoked),
+                change.generation,
+                {tp_field(tp): o for tp, o in sorted(committed.items())},
+            )
             self._positions.clear()
             self._highwaters.clear()
             self._assigned = frozenset()
@@ -210,6 +220,43 @@ class Consumer(FetchingConsumer):
             await self._init_positions(new)
             self.app.consumer_generation_id = assignment.generation
             await self.on_partitions_assigned(new, generation_id=assignment.generation)
+
+    @Service.transitions_to(CONSUMER_PARTITIONS_REVOKED)
+    async def on_partitions_revoked(self, revoked: set[TP]) -> None:
+        """Faust's revoke, with the offsets committed before they are forgotten.
+
+        Faust's base consumer drops its acked-offset bookkeeping of the
+        revoked partitions *before* it runs the app's revoke (which waits for
+        the agents to finish the events they started, then commits): its
+        commit then has nothing to commit for them, and the next owner starts
+        from the last periodic commit, processing everything acked since
+        again (measured: 1,483 acked against 1,200 committed on one partition
+        of the slow worker in ``test_scale_ownership``). Kafka's eager
+        protocol commits on revoke; here the worker owns its partitions until
+        :meth:`.GroupMember.ack`, so the app's revoke runs first (streams
+        drained, offsets committed, changelogs flushed), then a last commit
+        catches what was acked meanwhile, then the bookkeeping goes.
+
+        Guarantee: after a graceful revoke (not :class:`.Fenced`), every
+        event an agent finished is committed; the next owner re-reads only
+        events that were fetched but not finished (none when the agents
+        finish what they started)."""
+        span = self.app._start_span_from_rebalancing("on_partitions_revoked")
+        with span:
+            if self._active_partitions is not None:
+                self._active_partitions.difference_update(revoked)
+            self._paused_partitions.difference_update(revoked)
+            await self._on_partitions_revoked(revoked)
+            if self._group is not None and self._group.token is not None:
+                # A periodic commit in flight makes commit() wait and return.
+                await self.maybe_wait_for_commit_to_finish()
+                await self.commit(revoked)
+            for tp in revoked:
+                self._gap.pop(tp, None)
+                self._acked.pop(tp, None)
+                self._acked_index.pop(tp, None)
+                self._read_offset.pop(tp, None)
+                self._committed_offset.pop(tp, None)
 
     def assignment(self) -> set[TP]:
         """The partitions assigned to this worker; without the assignor's
