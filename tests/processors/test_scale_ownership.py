@@ -7,7 +7,10 @@ They join and leave while posts flow. Every worker logs to a Redis list when
 it takes up partitions (after the hand-over) and when it gives them up
 (inside the revoke, before it tells the group): replayed in Redis's order,
 no partition of ``posts``/``words`` may ever have two holders, nobody is
-fenced, and no word is counted less often than it was sent.
+fenced, and every word is counted exactly as often as it was sent: a
+graceful revoke commits every event the agents finished, so the next owner
+starts where the last one stopped (before that fix the slow worker's
+partitions were re-read from the last periodic commit: ~1,380 against 1,200).
 """
 
 from __future__ import annotations
@@ -80,9 +83,11 @@ def test_skewed_clocks_and_a_slow_worker_never_make_two_owners(
     fp.xadd_messages(rdb, "posts", PARTITIONS, post_messages(300, "d", seed=14))
     wait_drained(rdb, "s", workers)
     counts = owner_counts(workers, shares)
-    # At-least-once: a post fetched but not committed when its partition
-    # moved is counted again by the next owner (never less than the truth).
-    assert all(counts[w] >= 1200 for w in WORDS), counts
+    # Nobody is fenced (checked below) and every hand-over is a graceful
+    # revoke, which commits what the agents finished before it acknowledges:
+    # nothing is counted twice. (At-least-once only shows when a worker is
+    # fenced or killed: then counts may exceed the truth, never fall short.)
+    assert counts == dict.fromkeys(WORDS, 1200), counts
 
     entries, violations = replay_ownership(rdb)
     assert violations == [], violations
