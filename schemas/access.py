@@ -219,26 +219,25 @@ def validate_access(obj: Any) -> AccessEvent:
     return obj
 
 
+#: The cross-field rules of :func:`validate_access` as a verdict (no message),
+#: run inside the compiled check after the field checks (``compile_check``'s tail).
+_ACCESS_TAIL = """
+served = {tier_accessed}
+chain = {tier_latencies}
+if served is not None:
+    attempt = chain.get(served)
+    if attempt is None or not attempt["hit"]:
+        return False
+if {operation} == "put":
+    return not {cache_hit}
+return bool({cache_hit} == (served is not None and served == next(iter(chain), None)))
+"""
+
+
 def _compile_access_check() -> Any:
     from .fastcheck import compile_check
 
-    fields_ok = compile_check(ACCESS_RECORD)
-
-    def ok(obj: Any) -> bool:
-        if not fields_ok(obj):
-            return False
-        chain = obj["tier_latencies"]
-        served = obj["tier_accessed"]
-        if served is not None:
-            attempt = chain.get(served)
-            if attempt is None or not attempt["hit"]:
-                return False
-        if obj["operation"] == "put":
-            return not obj["cache_hit"]
-        first = next(iter(chain), None)
-        return bool(obj["cache_hit"] == (served is not None and served == first))
-
-    return ok
+    return compile_check(ACCESS_RECORD, _ACCESS_TAIL)
 
 
 #: ``True`` only for events :func:`validate_access` accepts (compiled; no message).

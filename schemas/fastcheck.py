@@ -16,6 +16,7 @@ does), so verdicts and messages are always the reference's.
 from __future__ import annotations
 
 import math
+import textwrap
 from collections.abc import Callable
 from typing import Any
 
@@ -27,8 +28,10 @@ _MISSING = object()
 class _Gen:
     def __init__(self) -> None:
         self.lines: list[str] = []
-        self.consts: dict[str, Any] = {"_isfinite": math.isfinite}
+        self.consts: dict[str, Any] = {"_isfinite": math.isfinite, "_type": type, "_len": len}
         self.n = 0
+        #: top-level field name -> the variable holding its value (for ``tail``)
+        self.binds: dict[str, str] = {}
 
     def const(self, value: Any) -> str:
         self.n += 1
@@ -48,19 +51,19 @@ def _check_value(g: _Gen, f: Field, v: str, ind: int) -> None:
     """Emit lines that ``return False`` unless the non-null value ``v`` satisfies ``f``."""
     k = f.kind
     if k == "string":
-        g.emit(ind, f"if type({v}) is not str: return False")
+        g.emit(ind, f"if _type({v}) is not str: return False")
         if f.max_length is not None:
-            g.emit(ind, f"if len({v}) > {f.max_length}: return False")
+            g.emit(ind, f"if _len({v}) > {f.max_length}: return False")
         if f.enum is not None:
             g.emit(ind, f"if {v} not in {g.const(frozenset(f.enum))}: return False")
     elif k in ("number", "integer"):
         lo = None if f.minimum is None else g.const(f.minimum)
         hi = None if f.maximum is None else g.const(f.maximum)
         if k == "integer":
-            g.emit(ind, f"if type({v}) is not int: return False")
+            g.emit(ind, f"if _type({v}) is not int: return False")
         else:
             t = g.var()
-            g.emit(ind, f"{t} = type({v})")
+            g.emit(ind, f"{t} = _type({v})")
             g.emit(ind, f"if {t} is not float and {t} is not int: return False")
             if lo is None or hi is None:
                 # both bounds reject NaN and infinities by themselves
@@ -72,14 +75,14 @@ def _check_value(g: _Gen, f: Field, v: str, ind: int) -> None:
         elif hi is not None:
             g.emit(ind, f"if {v} > {hi}: return False")
     elif k == "boolean":
-        g.emit(ind, f"if type({v}) is not bool: return False")
+        g.emit(ind, f"if _type({v}) is not bool: return False")
     elif k == "object":
-        g.emit(ind, f"if type({v}) is not dict: return False")
+        g.emit(ind, f"if _type({v}) is not dict: return False")
     elif k == "map":
         assert f.values is not None
-        g.emit(ind, f"if type({v}) is not dict: return False")
+        g.emit(ind, f"if _type({v}) is not dict: return False")
         if f.max_entries is not None:
-            g.emit(ind, f"if len({v}) > {f.max_entries}: return False")
+            g.emit(ind, f"if _len({v}) > {f.max_entries}: return False")
         kk, vv = g.var(), g.var()
         g.emit(ind, f"for {kk}, {vv} in {v}.items():")
         g.emit(ind + 1, f"if not {kk}: return False")
@@ -89,9 +92,9 @@ def _check_value(g: _Gen, f: Field, v: str, ind: int) -> None:
         _check_record(g, f.values, v, ind)
     elif k == "list":
         assert f.values is not None
-        g.emit(ind, f"if type({v}) is not list: return False")
+        g.emit(ind, f"if _type({v}) is not list: return False")
         if f.max_entries is not None:
-            g.emit(ind, f"if len({v}) > {f.max_entries}: return False")
+            g.emit(ind, f"if _len({v}) > {f.max_entries}: return False")
         item = g.var()
         g.emit(ind, f"for {item} in {v}:")
         _check_record(g, f.values, item, ind + 1)
@@ -99,18 +102,22 @@ def _check_value(g: _Gen, f: Field, v: str, ind: int) -> None:
         raise ValueError(f"unknown field kind {k!r}")
     if f.const is not None:
         c = g.const(f.const)
+        tc = g.const(type(f.const))
         # the reference compares with != after the type checks above
-        g.emit(ind, f"if {v} != {c} or type({v}) is not type({c}): return False")
+        g.emit(ind, f"if {v} != {c} or _type({v}) is not {tc}: return False")
 
 
-def _check_record(g: _Gen, rec: Record, o: str, ind: int) -> None:
+def _check_record(g: _Gen, rec: Record, o: str, ind: int, top: bool = False) -> None:
     """Emit the checks of record ``rec`` on the object in variable ``o`` (inline;
-    a missing required key raises KeyError, which the function turns into False)."""
-    g.emit(ind, f"if type({o}) is not dict: return False")
+    a missing required key raises KeyError, which the function turns into False).
+    ``top``: record each field's variable in ``g.binds``."""
+    g.emit(ind, f"if _type({o}) is not dict: return False")
     if not rec.additional:
         g.emit(ind, f"if not {o}.keys() <= {g.const(frozenset(rec._by_name))}: return False")
     for f in rec.fields:
         v = g.var()
+        if top:
+            g.binds[f.name] = v
         if f.required:
             g.emit(ind, f"{v} = {o}[{f.name!r}]")
         else:
@@ -125,18 +132,27 @@ def _check_record(g: _Gen, rec: Record, o: str, ind: int) -> None:
             _check_value(g, f, v, ind)
 
 
-def compile_check(rec: Record) -> Callable[[Any], bool]:
+def compile_check(rec: Record, tail: str | None = None) -> Callable[[Any], bool]:
     """A function ``check(obj) -> bool``: ``True`` only if ``spec.validate(rec, obj)``
-    would accept ``obj`` (it rejects any non-``dict`` mapping; ask the reference)."""
+    would accept ``obj`` (it rejects any non-``dict`` mapping; ask the reference).
+
+    ``tail``: Python statements run once every field check has passed, in the
+    same function (no second call per object), which must ``return`` the
+    verdict; ``{name}`` in them stands for the value of top-level field
+    ``name`` (already loaded), a ``KeyError`` they raise means ``False``.
+    """
     g = _Gen()
     body = _Gen()
     body.n = g.n
     body.consts = g.consts
-    _check_record(body, rec, "o", 2)
+    _check_record(body, rec, "o", 2, top=True)
     names = sorted(g.consts)
     g.emit(0, "def check(o, " + ", ".join(f"{n}={n}" for n in names) + "):")
     g.emit(1, "try:")
     g.lines.extend(body.lines)
+    if tail is not None:
+        for line in textwrap.dedent(tail.format_map(body.binds)).strip().splitlines():
+            g.emit(2, line)
     g.emit(1, "except KeyError:")
     g.emit(2, "return False")
     g.emit(1, "return True")
