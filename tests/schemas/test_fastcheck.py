@@ -177,3 +177,17 @@ def test_compiled_check_rejects_what_is_not_a_dict_like_the_reference() -> None:
     check = compile_check(ACCESS_RECORD)
     for obj in (None, 1, "x", [], (), set()):
         assert not check(obj) and not reference_ok(obj)
+
+
+def test_tail_runs_only_on_field_valid_objects_and_gives_the_verdict() -> None:
+    # the tail sees the loaded field values; a KeyError in it means False
+    check = compile_check(ACCESS_RECORD, 'return {operation} == "get"')
+    strict = compile_check(ACCESS_RECORD, 'return {tier_latencies}["no such tier"]["hit"]')
+    events = make_events(200, seed=5)
+    ops = {ev["operation"] for ev in events}
+    assert {"get", "put"} <= ops
+    for ev in events:
+        assert check(ev) == (ev["operation"] == "get")
+        assert not strict(ev)
+        bad = {**ev, "ts": "soon"}  # fails a field check: the tail is not reached
+        assert not check(bad) and not reference_ok(bad)
