@@ -34,6 +34,7 @@ from .fencing import FencedError
 from .fetching import DEFAULT_FETCH_TOTAL, FetchingConsumer
 from .group import Assign, Change, Fenced, GroupMember, Revoke
 from .membership import Assignment, Membership, tp_field
+from .positions import RETIRED_GENERATION
 
 if TYPE_CHECKING:
     from . import Transport
@@ -193,14 +194,19 @@ class Consumer(FetchingConsumer):
             self.app.on_rebalance_start()
             revoked = set(self._assigned)
             await self.on_partitions_revoked(revoked)
-            committed = await self._committed(revoked) if revoked else {}
-            self.log.info(
-                "Revoked %d partitions for generation %d; committed offsets (where the "
-                "next owner starts): %s",
-                len(revoked),
-                change.generation,
-                {tp_field(tp): o for tp, o in sorted(committed.items())},
-            )
+            # Faust's table recovery of the previous assignment runs in the
+            # background and may resume the flow after this revoke: streams
+            # must then skip (not process) the old generation's messages.
+            self.app.consumer_generation_id = RETIRED_GENERATION
+            if revoked:
+                committed = await self._committed(revoked)
+                self.log.info(
+                    "Revoked %d partitions for generation %d; committed offsets (where the "
+                    "next owner starts): %s",
+                    len(revoked),
+                    change.generation,
+                    {tp_field(tp): o for tp, o in sorted(committed.items())},
+                )
             self._positions.clear()
             self._highwaters.clear()
             self._assigned = frozenset()
@@ -216,6 +222,7 @@ class Consumer(FetchingConsumer):
                 " (leader)" if assignment.leader else "",
             )
             new = set(assignment.partitions)
+            self._forget_acks(new)
             self._assigned = assignment.partitions
             await self._init_positions(new)
             self.app.consumer_generation_id = assignment.generation
@@ -251,12 +258,18 @@ class Consumer(FetchingConsumer):
                 # A periodic commit in flight makes commit() wait and return.
                 await self.maybe_wait_for_commit_to_finish()
                 await self.commit(revoked)
-            for tp in revoked:
-                self._gap.pop(tp, None)
-                self._acked.pop(tp, None)
-                self._acked_index.pop(tp, None)
-                self._read_offset.pop(tp, None)
-                self._committed_offset.pop(tp, None)
+            self._forget_acks(revoked)
+
+    def _forget_acks(self, tps: set[TP]) -> None:
+        """Drop the ack bookkeeping of ``tps``: after a revoke, and again when
+        they are assigned (an event that finished after the revoke leaves an
+        ack behind, which would otherwise pull a later commit back)."""
+        for tp in tps:
+            self._gap.pop(tp, None)
+            self._acked.pop(tp, None)
+            self._acked_index.pop(tp, None)
+            self._read_offset.pop(tp, None)
+            self._committed_offset.pop(tp, None)
 
     def assignment(self) -> set[TP]:
         """The partitions assigned to this worker; without the assignor's
