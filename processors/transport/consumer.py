@@ -34,7 +34,6 @@ from .fencing import FencedError
 from .fetching import DEFAULT_FETCH_TOTAL, FetchingConsumer
 from .group import Assign, Change, Fenced, GroupMember, Revoke
 from .membership import Assignment, Membership, tp_field
-from .positions import RETIRED_GENERATION
 
 if TYPE_CHECKING:
     from . import Transport
@@ -194,10 +193,6 @@ class Consumer(FetchingConsumer):
             self.app.on_rebalance_start()
             revoked = set(self._assigned)
             await self.on_partitions_revoked(revoked)
-            # Faust's table recovery of the previous assignment runs in the
-            # background and may resume the flow after this revoke: streams
-            # must then skip (not process) the old generation's messages.
-            self.app.consumer_generation_id = RETIRED_GENERATION
             if revoked:
                 committed = await self._committed(revoked)
                 self.log.info(
