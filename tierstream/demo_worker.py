@@ -102,9 +102,7 @@ async def redis_for_demo(url: str) -> AsyncIterator[str]:
             f"no Redis answers at {url} and no redis-server binary is installed: "
             "start Redis >= 7.0 or set TIERSTREAM_REDIS_URL"
         )
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     workdir = tempfile.mkdtemp(prefix="tierstream-redis-")
     # Popen returns at once; the server runs beside the demo until the finally below.
     proc = subprocess.Popen(  # noqa: ASYNC220
