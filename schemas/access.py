@@ -29,6 +29,7 @@ import unicodedata
 from typing import Any, Literal, TypedDict
 
 from .errors import ValidationError
+from .fastcheck import compile_check
 from .spec import Field, Record, validate
 
 SCHEMA_VERSION = 1
@@ -234,14 +235,8 @@ return bool({cache_hit} == (served is not None and served == next(iter(chain), N
 """
 
 
-def _compile_access_check() -> Any:
-    from .fastcheck import compile_check
-
-    return compile_check(ACCESS_RECORD, _ACCESS_TAIL)
-
-
 #: ``True`` only for events :func:`validate_access` accepts (compiled; no message).
-access_ok = _compile_access_check()
+access_ok = compile_check(ACCESS_RECORD, _ACCESS_TAIL)
 
 
 def check_access_batch(
