@@ -22,6 +22,9 @@ from typing import Any
 
 from .spec import Field, Record
 
+#: ``Field.kind`` codes of the C checker (``tierstream/_native.c``, enum ``K_*``).
+NATIVE_KINDS = ("string", "number", "integer", "boolean", "map", "record", "list", "object")
+
 _MISSING = object()
 
 
@@ -162,3 +165,27 @@ def compile_check(rec: Record, tail: str | None = None) -> Callable[[Any], bool]
     check: Callable[[Any], bool] = namespace["check"]
     check.__doc__ = f"True when the object is a valid {rec.title} (compiled from its spec)."
     return check
+
+
+def native_plan(rec: Record) -> tuple[Any, ...]:
+    """``rec`` as the nested tuples the C checker compiles (``_native.compile_plan``):
+    ``(additional, frozenset(names), fields)``, each field ``(name, kind code,
+    required, nullable, max_length, enum, minimum, maximum, const, values,
+    max_entries)``. The C checker follows :func:`compile_check`'s verdicts."""
+    fields = tuple(
+        (
+            f.name,
+            NATIVE_KINDS.index(f.kind),
+            f.required,
+            f.nullable,
+            f.max_length,
+            None if f.enum is None else frozenset(f.enum),
+            f.minimum,
+            f.maximum,
+            f.const,
+            None if f.values is None else native_plan(f.values),
+            f.max_entries,
+        )
+        for f in rec.fields
+    )
+    return (rec.additional, frozenset(rec._by_name), fields)

@@ -7,6 +7,9 @@ to integer microseconds collected in per-tier lists, and query accesses to
 per ``(fingerprint, serving tier)`` totals. The aggregators then work per
 distinct key, not per event.
 
+The loop runs in C when ``tierstream._native`` is built (:mod:`tierstream.native`);
+:func:`group_batch_py` is its pure-Python twin, with the same result.
+
 Latencies are converted once, here, from milliseconds to integer
 microseconds, rounding half up (``int(ms * 1000 + 0.5)``); every later sum
 is an integer sum, so results do not depend on batch boundaries or merge
@@ -21,6 +24,8 @@ from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
+
+from ...native import ext as _native
 
 #: ``(agent_id, is_put, tier_accessed, cache_hit, any_error)``: one per event.
 EventKey = tuple[str, bool, str | None, bool, bool]
@@ -49,6 +54,14 @@ class Batch:
 
 def group_batch(events: Iterable[Mapping[str, Any]]) -> Batch:
     """Reduce validated events (see ``schemas/access.py``) to a :class:`Batch`."""
+    if _native is not None and type(events) is list:
+        n, ev_keys, att_keys, tier_us, total_us, queries, texts = _native.group(events)
+        return Batch(n, Counter(ev_keys), Counter(att_keys), tier_us, total_us, queries, texts)
+    return group_batch_py(events)
+
+
+def group_batch_py(events: Iterable[Mapping[str, Any]]) -> Batch:
+    """:func:`group_batch` in pure Python (the C twin's reference)."""
     ev_keys: list[EventKey] = []
     att_keys: list[AttemptKey] = []
     tier_us: dict[str, list[int]] = {}

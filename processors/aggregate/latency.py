@@ -16,7 +16,8 @@ Percentile definition: the ``p``-th percentile is the smallest recorded value
 ``ceil(p * n / 100)``, numpy's ``method="inverted_cdf"``), reported as the
 upper end of ``v``'s bucket. The rank is computed in exact integer arithmetic.
 
-Recording is done per batch: the bucket index of every value is computed
+Recording is done per batch (in C when ``tierstream._native`` is built; the
+Python loop below is its twin): the bucket index of every value is computed
 inline (the same arithmetic as ``HdrHistogram.record_value``, which costs
 about 0.8 us per call), counted with ``collections.Counter`` and added to the
 histogram's counts array once per distinct bucket. Merging uses
@@ -33,6 +34,7 @@ from typing import Any
 
 from hdrh.histogram import HdrHistogram
 
+from ...native import ext as _native
 from .batch import Batch, group_batch
 
 LOWEST_US = 1
@@ -96,6 +98,22 @@ class LatencyHistogram:
 
     def record_us(self, values: Sequence[int]) -> None:
         """Record a batch of latencies (integer us; clamped to ``0 .. HIGHEST_US``)."""
+        if not values:
+            return
+        h = self.hist
+        if _native is not None and type(values) is list:
+            n, lo, hi, total = _native.hist_record(
+                h.counts, values, _MASK, _SHIFT, _HALF_MAG, _HALF, _EXACT_BELOW, HIGHEST_US
+            )
+            h.total_count += n
+            h.min_value = min(h.min_value, lo)
+            h.max_value = max(h.max_value, hi)
+            self.sum_us += total
+            return
+        self.record_us_py(values)
+
+    def record_us_py(self, values: Sequence[int]) -> None:
+        """:meth:`record_us` in pure Python (the C twin's reference)."""
         if not values:
             return
         lo, hi = min(values), max(values)

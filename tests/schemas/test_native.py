@@ -1,0 +1,162 @@
+"""The C hot path (``tierstream/_native.c``) gives exactly what its Python twins give.
+
+Validation: every mutant of ``test_fastcheck`` (wrong types, bounds, NaN,
+nulls, missing and unknown keys, in the event and in its tier chain) gets the
+reference validator's verdict from ``check_batch``; so do mutants of the
+nested WindowSummary record (records, maps, lists, objects). Grouping and
+HDR recording equal the pure-Python twins on the same events.
+"""
+
+from __future__ import annotations
+
+import copy
+import random
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+from tierstream.processors.aggregate.batch import group_batch, group_batch_py
+from tierstream.processors.aggregate.latency import HIGHEST_US, LatencyHistogram
+from tierstream.schemas import ValidationError
+from tierstream.schemas.access import ACCESS_RECORD
+from tierstream.schemas.fastcheck import native_plan
+from tierstream.schemas.summary import SUMMARY_RECORD, validate_summary
+
+from tierstream import native
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "processors"))
+from aggregate_truth import make_events
+from test_fastcheck import ODD_VALUES, mutants, reference_ok
+
+ext = native.ext
+
+
+def test_the_native_module_is_built() -> None:
+    # scripts/setup.sh (pip install -e .) compiles it; None means no C compiler was
+    # found, or TIERSTREAM_NATIVE=0 is set: the Python twins then run, at half speed.
+    assert ext is not None, native.describe()
+
+
+needs_ext = pytest.mark.skipif(ext is None, reason=native.describe())
+
+
+@needs_ext
+def test_native_check_agrees_with_the_reference_on_every_mutant() -> None:
+    assert ext is not None
+    plan = ext.compile_plan(native_plan(ACCESS_RECORD))
+    objs: list[Any] = []
+    for ev in make_events(60, seed=11):
+        objs.extend(mutants(ev))
+    bad = set(ext.check_batch(plan, objs, 1))
+    verdicts = [i not in bad for i in range(len(objs))]
+    expect = [reference_ok(m) for m in objs]
+    wrong = [objs[i] for i, (a, b) in enumerate(zip(verdicts, expect, strict=True)) if a != b]
+    assert not wrong, wrong[:3]
+    assert len(objs) > 10_000 and 0 < sum(expect) < len(objs)
+
+
+@needs_ext
+def test_native_check_without_the_tail_is_the_field_check() -> None:
+    assert ext is not None
+    plan = ext.compile_plan(native_plan(ACCESS_RECORD))
+    ev = make_events(1, seed=3)[0]
+    # cache_hit contradicts the chain: only the cross-field rules (tail 1) see it
+    m = {**ev, "cache_hit": not ev["cache_hit"]} if ev["operation"] != "put" else None
+    objs = [ev] + ([m] if m else [])
+    assert ext.check_batch(plan, objs, 0) == []
+    if m:
+        assert ext.check_batch(plan, objs, 1) == [1]
+
+
+@needs_ext
+@pytest.mark.parametrize("seed", [1, 2])
+def test_native_check_of_nested_records_agrees(seed: int) -> None:
+    from tierstream.processors.aggregate import WindowAggregate
+
+    assert ext is not None
+    agg = WindowAggregate(1_700_000_000, 1_700_000_060)
+    agg.add_batch(make_events(300, seed=seed))
+    summary = agg.summary()
+    plan = ext.compile_plan(native_plan(SUMMARY_RECORD))
+
+    def ref(obj: Any) -> bool:
+        try:
+            validate_summary(obj)
+        except ValidationError:
+            return False
+        return True
+
+    rng = random.Random(seed)
+    objs = [summary]
+    for _ in range(3000):
+        m = copy.deepcopy(summary)
+        node: Any = m
+        while True:
+            if isinstance(node, list) and node:
+                node = rng.choice(node)
+            elif isinstance(node, dict) and node and rng.random() < 0.6:
+                key = rng.choice(list(node))
+                if isinstance(node[key], (dict, list)) and node[key]:
+                    node = node[key]
+                    continue
+                if rng.random() < 0.2:
+                    del node[key]
+                else:
+                    node[key] = rng.choice(ODD_VALUES)
+                break
+            else:
+                if isinstance(node, dict):
+                    node[rng.choice(["zz", "count", ""])] = rng.choice(ODD_VALUES)
+                break
+        objs.append(m)
+    bad = set(ext.check_batch(plan, objs, 0))
+    for i, m in enumerate(objs):
+        assert (i not in bad) == ref(m), m
+
+
+@needs_ext
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_native_group_equals_the_python_twin(seed: int) -> None:
+    events = make_events(3000, seed=seed)
+    # redacted queries, unicode text, int latencies: all must group the same
+    rng = random.Random(seed)
+    for ev in events[::7]:
+        ev["query"] = None
+    for ev in events[1::11]:
+        ev["query"] = "é " + str(ev["query"])
+    for ev in events[2::13]:
+        for a in ev["tier_latencies"].values():
+            a["latency_ms"] = int(a["latency_ms"])
+    rng.shuffle(events)
+    a, b = group_batch(events), group_batch_py(events)
+    assert a == b
+    assert a.events == len(events) and a.queries and a.texts
+
+
+@needs_ext
+def test_native_group_refuses_what_is_not_an_event() -> None:
+    ev = make_events(1, seed=2)[0]
+    for broken in ({**ev, "tier_latencies": []}, {k: v for k, v in ev.items() if k != "agent_id"}):
+        with pytest.raises((TypeError, KeyError)):
+            group_batch([broken])
+
+
+@needs_ext
+def test_native_recording_equals_the_python_twin() -> None:
+    rng = random.Random(5)
+    values = [int(rng.lognormvariate(8, 3)) for _ in range(20_000)]
+    values += [0, 1, 2047, 2048, 2049, HIGHEST_US, HIGHEST_US + 1, -5, 2**70, -(2**70)]
+    a, b = LatencyHistogram(), LatencyHistogram()
+    for chunk in range(0, len(values), 999):
+        a.record_us(values[chunk : chunk + 999])
+        b.record_us_py(values[chunk : chunk + 999])
+    assert a.bucket_counts() == b.bucket_counts()
+    assert (a.count, a.sum_us, a.hist.min_value, a.hist.max_value) == (
+        b.count,
+        b.sum_us,
+        b.hist.min_value,
+        b.hist.max_value,
+    )
+    assert a.result() == b.result()
