@@ -240,17 +240,17 @@ return bool({cache_hit} == (served is not None and served == next(iter(chain), N
 access_ok = compile_check(ACCESS_RECORD, _ACCESS_TAIL)
 
 
-#: The C twin of :data:`access_ok` over a whole list (``tierstream/_native.c``), or None.
-_NATIVE_PLAN = None if _native is None else _native.compile_plan(native_plan(ACCESS_RECORD))
+#: :data:`ACCESS_RECORD` compiled for the C checks (``tierstream/_native.c``), or None.
+NATIVE_PLAN = None if _native is None else _native.compile_plan(native_plan(ACCESS_RECORD))
 #: ``check_batch``'s ``tail`` code for the cross-field rules above.
 _NATIVE_ACCESS_TAIL = 1
 
 
 def _rejected(objs: list[Any]) -> list[int]:
     """Indices of the objects :data:`access_ok` rejects (in C when built)."""
-    if _NATIVE_PLAN is not None:
+    if NATIVE_PLAN is not None:
         assert _native is not None
-        bad: list[int] = _native.check_batch(_NATIVE_PLAN, objs, _NATIVE_ACCESS_TAIL)
+        bad: list[int] = _native.check_batch(NATIVE_PLAN, objs, _NATIVE_ACCESS_TAIL)
         return bad
     ok = access_ok
     if all(map(ok, objs)):

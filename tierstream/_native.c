@@ -30,6 +30,8 @@ typedef struct RecordPlan RecordPlan;
 
 typedef struct {
     PyObject *name;         /* owned */
+    const char *utf8;       /* the name's UTF-8 (kept by `name`) */
+    Py_ssize_t utf8_len;
     int kind, required, nullable;
     Py_ssize_t max_length;  /* -1: none */
     Py_ssize_t max_entries; /* -1: none */
@@ -109,6 +111,8 @@ static int build_field(FieldPlan *f, PyObject *t) {
     }
     Py_INCREF(f->name);
     PyUnicode_InternInPlace(&f->name);
+    f->utf8 = PyUnicode_AsUTF8AndSize(f->name, &f->utf8_len);
+    if (!f->utf8) return -1;
     f->kind = (int)PyLong_AsLong(PyTuple_GET_ITEM(t, 1));
     if (f->kind < 0 || f->kind >= K_END) {
         if (!PyErr_Occurred()) PyErr_SetString(PyExc_ValueError, "unknown field kind");
@@ -570,41 +574,64 @@ static PyObject *hist_record(PyObject *self, PyObject *args) {
     unsigned long long mask;
     int shift, half_mag;
     long long half, exact, highest;
-    if (!PyArg_ParseTuple(args, "OO!KiiLLL", &counts, &PyList_Type, &values, &mask, &shift,
-                          &half_mag, &half, &exact, &highest))
+    if (!PyArg_ParseTuple(args, "OOKiiLLL", &counts, &values, &mask, &shift, &half_mag, &half,
+                          &exact, &highest))
         return NULL;
+    /* values: a list of ints, or a buffer of int64 (array('q'), from scan()) */
+    Py_buffer vview;
+    const long long *vbuf = NULL;
+    int is_list = PyList_Check(values);
+    if (!is_list) {
+        if (PyObject_GetBuffer(values, &vview, PyBUF_FORMAT | PyBUF_ND) < 0) return NULL;
+        const char *vf = vview.format ? vview.format : "B";
+        if (*vf == '<' || *vf == '=' || *vf == '@') vf++;
+        if (vview.itemsize != 8 || (strcmp(vf, "q") && strcmp(vf, "l"))) {
+            PyBuffer_Release(&vview);
+            PyErr_SetString(PyExc_TypeError, "values must be a list or an int64 buffer");
+            return NULL;
+        }
+        vbuf = (const long long *)vview.buf;
+    }
     if (mask == 0 || shift < 0 || shift > 63 || half_mag < 0 || half_mag > 62) {
         PyErr_SetString(PyExc_ValueError, "bad histogram parameters");
         return NULL;
     }
     Py_buffer view;
-    if (PyObject_GetBuffer(counts, &view, PyBUF_WRITABLE | PyBUF_FORMAT | PyBUF_ND) < 0)
+    if (PyObject_GetBuffer(counts, &view, PyBUF_WRITABLE | PyBUF_FORMAT | PyBUF_ND) < 0) {
+        if (!is_list) PyBuffer_Release(&vview);
         return NULL;
+    }
     const char *fmt = view.format ? view.format : "B";
     if (*fmt == '<' || *fmt == '=' || *fmt == '@') fmt++;
     if (view.ndim != 1 || view.itemsize != 8 || (strcmp(fmt, "Q") && strcmp(fmt, "q") &&
                                                  strcmp(fmt, "L") && strcmp(fmt, "l"))) {
         PyBuffer_Release(&view);
+        if (!is_list) PyBuffer_Release(&vview);
         PyErr_SetString(PyExc_TypeError, "counts must be a 1-d buffer of 64-bit integers");
         return NULL;
     }
     uint64_t *c = (uint64_t *)view.buf;
     Py_ssize_t len = view.shape ? view.shape[0] : view.len / 8;
-    Py_ssize_t n = PyList_GET_SIZE(values);
+    Py_ssize_t n = is_list ? PyList_GET_SIZE(values) : vview.len / 8;
     long long lo = 0, hi = 0;
     PyObject *sum = PyLong_FromLong(0);
     long long part = 0; /* partial sum, flushed into `sum` before it could overflow */
     if (!sum) goto fail;
     for (Py_ssize_t i = 0; i < n; i++) {
-        PyObject *item = PyList_GET_ITEM(values, i);
-        if (!PyLong_Check(item)) {
-            PyErr_SetString(PyExc_TypeError, "latencies must be integer microseconds");
-            goto fail;
+        long long v;
+        if (is_list) {
+            PyObject *item = PyList_GET_ITEM(values, i);
+            if (!PyLong_Check(item)) {
+                PyErr_SetString(PyExc_TypeError, "latencies must be integer microseconds");
+                goto fail;
+            }
+            int overflow = 0;
+            v = PyLong_AsLongLongAndOverflow(item, &overflow);
+            if (v == -1 && PyErr_Occurred()) goto fail;
+            if (overflow) v = overflow > 0 ? highest : 0;
+        } else {
+            v = vbuf[i];
         }
-        int overflow = 0;
-        long long v = PyLong_AsLongLongAndOverflow(item, &overflow);
-        if (v == -1 && PyErr_Occurred()) goto fail;
-        if (overflow) v = overflow > 0 ? highest : 0;
         if (v < 0) v = 0;
         if (v > highest) v = highest;
         if (i == 0 || v < lo) lo = v;
@@ -631,6 +658,7 @@ static PyObject *hist_record(PyObject *self, PyObject *args) {
         part += v;
     }
     PyBuffer_Release(&view);
+    if (!is_list) PyBuffer_Release(&vview);
     PyObject *p = PyLong_FromLongLong(part), *total = p ? PyNumber_Add(sum, p) : NULL;
     Py_XDECREF(p);
     Py_DECREF(sum);
@@ -639,7 +667,805 @@ static PyObject *hist_record(PyObject *self, PyObject *args) {
 fail:
     Py_XDECREF(sum);
     PyBuffer_Release(&view);
+    if (!is_list) PyBuffer_Release(&vview);
     return NULL;
+}
+
+
+/* ---- scan: validate and group an access-topic value straight from its JSON ---- */
+/*
+ * scan(plan, value) -> None, or (n, ts_lo, ts_hi, event_keys, attempt_keys, tier_us,
+ *                                total_us, queries, texts)
+ *
+ * The fast path for a whole entry: the JSON is parsed here, each event is
+ * checked against the plan and the access rules as it is read, and grouped as
+ * group() groups (latencies as array('q') instead of lists of ints). No
+ * per-event dict is built. It answers None - "take the reference path"
+ * (orjson.loads, check_batch, group) - for anything it does not vouch for: an
+ * invalid event, a duplicate key, a \u escape of a surrogate, a number it does
+ * not parse exactly as orjson would (over 18 digits, non-finite), a value that
+ * is not an array of objects or one object, more than SCAN_MAX_TIERS distinct
+ * tier names. So a value it accepts is one the reference path accepts whole,
+ * with the same result (tests/schemas/test_native.py holds it to that).
+ */
+
+#define SCAN_MAX_TIERS 64
+#define SCAN_MAX_CHAIN 32
+#define SCAN_MAX_FIELDS 64
+
+typedef struct { const char *p; Py_ssize_t n; } Span;
+
+typedef struct {
+    const char *p, *end;
+    char *scratch; /* decoded escaped strings go here (never longer than the input) */
+} Cur;
+
+enum { T_NONE, T_NULL, T_STR, T_INT, T_FLOAT, T_BOOL, T_MAP };
+
+typedef struct {
+    int type;
+    Span s;      /* T_STR: decoded UTF-8 */
+    long long i; /* T_INT */
+    double d;    /* T_FLOAT, and T_INT as a double */
+    int b;       /* T_BOOL */
+} Val;
+
+typedef struct {
+    Span name;
+    double latency; /* ms */
+    int hit, has_error;
+} Attempt;
+
+static void ws(Cur *c) {
+    while (c->p < c->end && (*c->p == ' ' || *c->p == '\n' || *c->p == '\r' || *c->p == '\t'))
+        c->p++;
+}
+
+static int hexval(char ch) {
+    if (ch >= '0' && ch <= '9') return ch - '0';
+    if (ch >= 'a' && ch <= 'f') return ch - 'a' + 10;
+    if (ch >= 'A' && ch <= 'F') return ch - 'A' + 10;
+    return -1;
+}
+
+/* Length in code points of valid UTF-8, or -1 when it is not valid UTF-8. */
+static Py_ssize_t utf8_len(const unsigned char *p, Py_ssize_t n) {
+    Py_ssize_t cps = 0, i = 0;
+    while (i < n) {
+        unsigned char c = p[i];
+        if (c < 0x80) {
+            i++;
+        } else if (c >= 0xC2 && c <= 0xDF) {
+            if (i + 1 >= n || (p[i + 1] & 0xC0) != 0x80) return -1;
+            i += 2;
+        } else if (c >= 0xE0 && c <= 0xEF) {
+            if (i + 2 >= n || (p[i + 1] & 0xC0) != 0x80 || (p[i + 2] & 0xC0) != 0x80) return -1;
+            if (c == 0xE0 && p[i + 1] < 0xA0) return -1; /* overlong */
+            if (c == 0xED && p[i + 1] >= 0xA0) return -1; /* surrogate */
+            i += 3;
+        } else if (c >= 0xF0 && c <= 0xF4) {
+            if (i + 3 >= n || (p[i + 1] & 0xC0) != 0x80 || (p[i + 2] & 0xC0) != 0x80 ||
+                (p[i + 3] & 0xC0) != 0x80)
+                return -1;
+            if (c == 0xF0 && p[i + 1] < 0x90) return -1;
+            if (c == 0xF4 && p[i + 1] >= 0x90) return -1;
+            i += 4;
+        } else {
+            return -1;
+        }
+        cps++;
+    }
+    return cps;
+}
+
+/* A JSON string at c->p (on the opening quote): its decoded UTF-8 in *out and its
+   length in code points in *cps. 0 ok, 1 not vouched for. */
+static int scan_string(Cur *c, Span *out, Py_ssize_t *cps) {
+    const char *p = c->p + 1, *start = p;
+    int escaped = 0;
+    while (p < c->end && *p != '"') {
+        unsigned char ch = (unsigned char)*p;
+        if (ch < 0x20) return 1;
+        if (ch == '\\') {
+            escaped = 1;
+            p += 2;
+            continue;
+        }
+        p++;
+    }
+    if (p >= c->end) return 1;
+    if (!escaped) {
+        out->p = start;
+        out->n = p - start;
+        c->p = p + 1;
+    } else {
+        char *w = c->scratch, *wstart = w;
+        const char *q = start;
+        while (q < p) {
+            if (*q != '\\') {
+                *w++ = *q++;
+                continue;
+            }
+            q++;
+            switch (*q) {
+            case '"': *w++ = '"'; break;
+            case '\\': *w++ = '\\'; break;
+            case '/': *w++ = '/'; break;
+            case 'b': *w++ = '\b'; break;
+            case 'f': *w++ = '\f'; break;
+            case 'n': *w++ = '\n'; break;
+            case 'r': *w++ = '\r'; break;
+            case 't': *w++ = '\t'; break;
+            case 'u': {
+                if (q + 4 >= p + 1) return 1;
+                int cp = 0;
+                for (int k = 1; k <= 4; k++) {
+                    int h = hexval(q[k]);
+                    if (h < 0) return 1;
+                    cp = cp * 16 + h;
+                }
+                if (cp >= 0xD800 && cp <= 0xDFFF) return 1; /* surrogates: not vouched for */
+                if (cp < 0x80) {
+                    *w++ = (char)cp;
+                } else if (cp < 0x800) {
+                    *w++ = (char)(0xC0 | (cp >> 6));
+                    *w++ = (char)(0x80 | (cp & 0x3F));
+                } else {
+                    *w++ = (char)(0xE0 | (cp >> 12));
+                    *w++ = (char)(0x80 | ((cp >> 6) & 0x3F));
+                    *w++ = (char)(0x80 | (cp & 0x3F));
+                }
+                q += 4;
+                break;
+            }
+            default:
+                return 1;
+            }
+            q++;
+        }
+        out->p = wstart;
+        out->n = w - wstart;
+        c->scratch = w;
+        c->p = p + 1;
+    }
+    *cps = utf8_len((const unsigned char *)out->p, out->n);
+    return *cps < 0;
+}
+
+static const double POW10[] = {1e0,  1e1,  1e2,  1e3,  1e4,  1e5,  1e6,  1e7,
+                               1e8,  1e9,  1e10, 1e11, 1e12, 1e13, 1e14, 1e15,
+                               1e16, 1e17, 1e18, 1e19, 1e20, 1e21, 1e22};
+
+/* Exact conversion of a decimal number (JSON grammar, already checked) when its
+   digits form an integer below 2**53 and its power of ten is at most 22: then
+   digits and 10**e are exact doubles and one multiplication or division rounds
+   correctly, as strtod would (Clinger's fast path). 0: use the slow path. */
+static int fast_float(const char *p, const char *end, double *out) {
+    int neg = *p == '-';
+    if (neg) p++;
+    unsigned long long m = 0;
+    int digits = 0, frac = 0, seen_dot = 0;
+    for (; p < end && ((*p >= '0' && *p <= '9') || *p == '.'); p++) {
+        if (*p == '.') {
+            seen_dot = 1;
+            continue;
+        }
+        if (m == 0 && *p == '0') {
+            if (seen_dot) frac++;
+            continue; /* leading zeros do not count */
+        }
+        if (++digits > 15) return 0;
+        m = m * 10 + (unsigned long long)(*p - '0');
+        if (seen_dot) frac++;
+    }
+    int e = 0;
+    if (p < end && (*p == 'e' || *p == 'E')) {
+        p++;
+        int eneg = 0;
+        if (*p == '+' || *p == '-') eneg = *p++ == '-';
+        for (; p < end; p++) {
+            e = e * 10 + (*p - '0');
+            if (e > 400) return 0;
+        }
+        if (eneg) e = -e;
+    }
+    e -= frac;
+    double d = (double)m;
+    if (m == 0) d = 0.0;
+    else if (e >= 0 && e <= 22) d *= POW10[e];
+    else if (e < 0 && e >= -22) d /= POW10[-e];
+    else return 0;
+    *out = neg ? -d : d;
+    return 1;
+}
+
+/* A JSON number at c->p. 0 ok, 1 not vouched for. */
+static int scan_number(Cur *c, Val *v) {
+    const char *p = c->p, *start = p;
+    if (p < c->end && *p == '-') p++;
+    if (p >= c->end) return 1;
+    if (*p == '0') {
+        p++;
+    } else if (*p >= '1' && *p <= '9') {
+        while (p < c->end && *p >= '0' && *p <= '9') p++;
+    } else {
+        return 1;
+    }
+    int is_float = 0;
+    if (p < c->end && *p == '.') {
+        is_float = 1;
+        p++;
+        if (p >= c->end || *p < '0' || *p > '9') return 1;
+        while (p < c->end && *p >= '0' && *p <= '9') p++;
+    }
+    if (p < c->end && (*p == 'e' || *p == 'E')) {
+        is_float = 1;
+        p++;
+        if (p < c->end && (*p == '+' || *p == '-')) p++;
+        if (p >= c->end || *p < '0' || *p > '9') return 1;
+        while (p < c->end && *p >= '0' && *p <= '9') p++;
+    }
+    if (p - start > 40) return 1;
+    if (!is_float) {
+        Py_ssize_t digits = (p - start) - (*start == '-');
+        if (digits > 15) return 1; /* keep ints exact as doubles too */
+        long long x = 0;
+        for (const char *q = start + (*start == '-'); q < p; q++) x = x * 10 + (*q - '0');
+        v->type = T_INT;
+        v->i = *start == '-' ? -x : x;
+        v->d = (double)v->i;
+    } else if (fast_float(start, p, &v->d)) {
+        v->type = T_FLOAT;
+    } else {
+        char buf[48];
+        memcpy(buf, start, p - start);
+        buf[p - start] = 0;
+        char *endp;
+        double d = PyOS_string_to_double(buf, &endp, NULL);
+        if (d == -1.0 && PyErr_Occurred()) {
+            PyErr_Clear();
+            return 1;
+        }
+        if (*endp || !isfinite(d)) return 1;
+        v->type = T_FLOAT;
+        v->d = d;
+    }
+    c->p = p;
+    return 0;
+}
+
+static int lit(Cur *c, const char *word, Py_ssize_t n) {
+    if (c->end - c->p < n || memcmp(c->p, word, n)) return 1;
+    c->p += n;
+    return 0;
+}
+
+static int span_eq_str(Span s, PyObject *str) {
+    Py_ssize_t n;
+    const char *u = PyUnicode_AsUTF8AndSize(str, &n);
+    if (!u) {
+        PyErr_Clear();
+        return 0;
+    }
+    return n == s.n && memcmp(u, s.p, n) == 0;
+}
+
+static int span_in_set(Span s, PyObject *set) {
+    Py_ssize_t pos = 0;
+    PyObject *k;
+    Py_hash_t h;
+    while (_PySet_NextEntry(set, &pos, &k, &h))
+        if (PyUnicode_Check(k) && span_eq_str(s, k)) return 1;
+    return 0;
+}
+
+/* The field named `key`; `hint` (the field after the previous one) is tried
+   first, since producers write fields in the same order every time. */
+static int field_index(const RecordPlan *r, Span key, int hint) {
+    if (hint >= 0 && hint < r->n) {
+        const FieldPlan *f = &r->fields[hint];
+        if (f->utf8_len == key.n && memcmp(f->utf8, key.p, key.n) == 0) return hint;
+    }
+    for (Py_ssize_t i = 0; i < r->n; i++) {
+        const FieldPlan *f = &r->fields[i];
+        if (f->utf8_len == key.n && memcmp(f->utf8, key.p, key.n) == 0) return (int)i;
+    }
+    return -1;
+}
+
+/* The bounds of a number field, on a number already parsed. 1 when outside. */
+static int num_out(const FieldPlan *f, const Val *v) {
+    if (f->minimum) {
+        if (!f->min_d_ok) return 1;
+        if (v->d < f->min_d) return 1;
+    }
+    if (f->maximum) {
+        if (!f->max_d_ok) return 1;
+        if (v->d > f->max_d) return 1;
+    }
+    return 0;
+}
+
+/* Check a scalar value against a (non-map) field. 0 valid, 1 not vouched for. */
+static int scalar_ok(const FieldPlan *f, const Val *v, Py_ssize_t cps) {
+    if (v->type == T_NULL) return !f->nullable;
+    switch (f->kind) {
+    case K_STRING:
+        if (v->type != T_STR) return 1;
+        if (f->max_length >= 0 && cps > f->max_length) return 1;
+        if (f->enum_set && !span_in_set(v->s, f->enum_set)) return 1;
+        if (f->cnst) return !(PyUnicode_CheckExact(f->cnst) && span_eq_str(v->s, f->cnst));
+        return 0;
+    case K_NUMBER:
+    case K_INTEGER:
+        if (v->type != T_INT && !(v->type == T_FLOAT && f->kind == K_NUMBER)) return 1;
+        if (num_out(f, v)) return 1;
+        if (f->cnst) {
+            if (v->type != T_INT || !PyLong_CheckExact(f->cnst)) return 1;
+            int overflow = 0;
+            long long cv = PyLong_AsLongLongAndOverflow(f->cnst, &overflow);
+            if (overflow || (cv == -1 && PyErr_Occurred())) {
+                PyErr_Clear();
+                return 1;
+            }
+            return cv != v->i;
+        }
+        return 0;
+    case K_BOOLEAN:
+        if (v->type != T_BOOL) return 1;
+        return f->cnst != NULL; /* a boolean const: not vouched for */
+    default:
+        return 1; /* object, list, record: not scanned */
+    }
+}
+
+/* A scalar JSON value at c->p. 0 ok, 1 not vouched for. */
+static int scan_scalar(Cur *c, Val *v, Py_ssize_t *cps) {
+    *cps = 0;
+    switch (*c->p) {
+    case '"':
+        v->type = T_STR;
+        return scan_string(c, &v->s, cps);
+    case 't':
+        v->type = T_BOOL;
+        v->b = 1;
+        return lit(c, "true", 4);
+    case 'f':
+        v->type = T_BOOL;
+        v->b = 0;
+        return lit(c, "false", 5);
+    case 'n':
+        v->type = T_NULL;
+        return lit(c, "null", 4);
+    default:
+        return scan_number(c, v);
+    }
+}
+
+/* An object of scalar fields (rec) at c->p, its values in vals (indexed like
+   rec->fields). 0 ok, 1 not vouched for. */
+static int scan_flat_record(Cur *c, const RecordPlan *rec, Val *vals) {
+    if (rec->n > SCAN_MAX_FIELDS || *c->p != '{') return 1;
+    for (Py_ssize_t i = 0; i < rec->n; i++) vals[i].type = T_NONE;
+    int hint = 0;
+    c->p++;
+    ws(c);
+    if (c->p < c->end && *c->p == '}') {
+        c->p++;
+    } else {
+        for (;;) {
+            Span key;
+            Py_ssize_t cps;
+            if (c->p >= c->end || *c->p != '"' || scan_string(c, &key, &cps)) return 1;
+            ws(c);
+            if (c->p >= c->end || *c->p != ':') return 1;
+            c->p++;
+            ws(c);
+            if (c->p >= c->end) return 1;
+            int fi = field_index(rec, key, hint);
+            if (fi < 0 || vals[fi].type != T_NONE) return 1; /* unknown or duplicate */
+            hint = fi + 1;
+            const FieldPlan *f = &rec->fields[fi];
+            if (scan_scalar(c, &vals[fi], &cps) || scalar_ok(f, &vals[fi], cps)) return 1;
+            ws(c);
+            if (c->p >= c->end) return 1;
+            if (*c->p == ',') {
+                c->p++;
+                ws(c);
+                continue;
+            }
+            if (*c->p != '}') return 1;
+            c->p++;
+            break;
+        }
+    }
+    for (Py_ssize_t i = 0; i < rec->n; i++)
+        if (vals[i].type == T_NONE && rec->fields[i].required) return 1;
+    return 0;
+}
+
+typedef struct {
+    /* positions in the access record's fields (-1: not in the plan) */
+    int ts, agent, op, fp, query, served, chain, total, cache_hit;
+    /* in the tier attempt record */
+    int latency, hit, error;
+} AccessIdx;
+
+typedef struct {
+    Span agents_span[SCAN_MAX_TIERS];
+    PyObject *agents[SCAN_MAX_TIERS];
+    int n_agents;
+} Names;
+
+/* The str of a tier (or agent) name, cached per scan call. NULL + no error: table full. */
+static PyObject *name_obj(Span s, Span *spans, PyObject **objs, int *n) {
+    for (int i = 0; i < *n; i++)
+        if (spans[i].n == s.n && memcmp(spans[i].p, s.p, s.n) == 0) return objs[i];
+    if (*n >= SCAN_MAX_TIERS) return NULL;
+    PyObject *o = PyUnicode_DecodeUTF8(s.p, s.n, NULL);
+    if (!o) return NULL;
+    spans[*n] = s;
+    objs[*n] = o;
+    (*n)++;
+    return o;
+}
+
+static PyObject *array_q; /* array.array */
+
+/* Growable int64 vector turned into array('q') at the end. */
+typedef struct { long long *v; Py_ssize_t n, cap; } Vec;
+
+static int vec_push(Vec *a, long long x) {
+    if (a->n == a->cap) {
+        Py_ssize_t cap = a->cap ? a->cap * 2 : 256;
+        long long *v = PyMem_Realloc(a->v, cap * sizeof(long long));
+        if (!v) {
+            PyErr_NoMemory();
+            return -1;
+        }
+        a->v = v;
+        a->cap = cap;
+    }
+    a->v[a->n++] = x;
+    return 0;
+}
+
+static PyObject *vec_array(Vec *a) {
+    PyObject *b = PyBytes_FromStringAndSize((const char *)a->v, a->n * (Py_ssize_t)sizeof(long long));
+    if (!b) return NULL;
+    PyObject *arr = PyObject_CallFunction(array_q, "sO", "q", b);
+    Py_DECREF(b);
+    return arr;
+}
+
+/* [1, us]: a new query accumulator */
+static PyObject *new_acc(long long us) {
+    PyObject *l = PyList_New(2);
+    if (!l) return NULL;
+    PyObject *one = PyLong_FromLong(1), *u = PyLong_FromLongLong(us);
+    if (!one || !u) {
+        Py_XDECREF(one);
+        Py_XDECREF(u);
+        Py_DECREF(l);
+        return NULL;
+    }
+    PyList_SET_ITEM(l, 0, one);
+    PyList_SET_ITEM(l, 1, u);
+    return l;
+}
+
+static long long ms_to_us(double ms) { return (long long)(ms * 1000.0 + 0.5); }
+
+static int span_lt_str(Span s, PyObject *str, int *lt) {
+    Py_ssize_t n;
+    const char *u = PyUnicode_AsUTF8AndSize(str, &n);
+    if (!u) return -1;
+    Py_ssize_t m = s.n < n ? s.n : n;
+    int c = memcmp(s.p, u, m);
+    *lt = c < 0 || (c == 0 && s.n < n);
+    return 0;
+}
+
+static PyObject *scan(PyObject *self, PyObject *args) {
+    PyObject *cap, *value;
+    if (!PyArg_ParseTuple(args, "OO!", &cap, &PyBytes_Type, &value)) return NULL;
+    RecordPlan *rec = PyCapsule_GetPointer(cap, PLAN_CAPSULE);
+    if (!rec) return NULL;
+    if (rec->n > SCAN_MAX_FIELDS) Py_RETURN_NONE;
+
+    AccessIdx ix;
+    ix.ts = ix.agent = ix.op = ix.fp = ix.query = ix.served = ix.chain = ix.total = -1;
+    ix.cache_hit = ix.latency = ix.hit = ix.error = -1;
+    const RecordPlan *att = NULL;
+    for (Py_ssize_t i = 0; i < rec->n; i++) {
+        PyObject *nm = rec->fields[i].name;
+        int k = rec->fields[i].kind;
+        if (!PyUnicode_CompareWithASCIIString(nm, "ts") && k == K_NUMBER) ix.ts = (int)i;
+        else if (!PyUnicode_CompareWithASCIIString(nm, "agent_id") && k == K_STRING) ix.agent = (int)i;
+        else if (!PyUnicode_CompareWithASCIIString(nm, "operation") && k == K_STRING) ix.op = (int)i;
+        else if (!PyUnicode_CompareWithASCIIString(nm, "query_fingerprint") && k == K_STRING) ix.fp = (int)i;
+        else if (!PyUnicode_CompareWithASCIIString(nm, "query") && k == K_STRING) ix.query = (int)i;
+        else if (!PyUnicode_CompareWithASCIIString(nm, "tier_accessed") && k == K_STRING) ix.served = (int)i;
+        else if (!PyUnicode_CompareWithASCIIString(nm, "total_latency_ms") && k == K_NUMBER) ix.total = (int)i;
+        else if (!PyUnicode_CompareWithASCIIString(nm, "cache_hit") && k == K_BOOLEAN) ix.cache_hit = (int)i;
+        else if (!PyUnicode_CompareWithASCIIString(nm, "tier_latencies") && k == K_MAP) {
+            ix.chain = (int)i;
+            att = rec->fields[i].values;
+        }
+    }
+    if (!att || att->n > SCAN_MAX_FIELDS) Py_RETURN_NONE;
+    for (Py_ssize_t i = 0; i < att->n; i++) {
+        PyObject *nm = att->fields[i].name;
+        int k = att->fields[i].kind;
+        if (!PyUnicode_CompareWithASCIIString(nm, "latency_ms") && k == K_NUMBER) ix.latency = (int)i;
+        else if (!PyUnicode_CompareWithASCIIString(nm, "hit") && k == K_BOOLEAN) ix.hit = (int)i;
+        else if (!PyUnicode_CompareWithASCIIString(nm, "error") && k == K_STRING) ix.error = (int)i;
+    }
+    /* every field the grouping reads must be required, except query and error */
+    if (ix.ts < 0 || ix.agent < 0 || ix.op < 0 || ix.fp < 0 || ix.query < 0 || ix.served < 0 ||
+        ix.total < 0 || ix.cache_hit < 0 || ix.latency < 0 || ix.hit < 0 || ix.error < 0)
+        Py_RETURN_NONE;
+    const FieldPlan *chain_f = &rec->fields[ix.chain];
+    const int need_req[] = {ix.ts, ix.agent, ix.op, ix.fp, ix.served, ix.chain, ix.total, ix.cache_hit};
+    for (size_t i = 0; i < sizeof(need_req) / sizeof(int); i++)
+        if (!rec->fields[need_req[i]].required) Py_RETURN_NONE;
+    if (!att->fields[ix.latency].required || !att->fields[ix.hit].required ||
+        att->fields[ix.latency].nullable || att->fields[ix.hit].nullable)
+        Py_RETURN_NONE;
+    if (rec->fields[ix.ts].nullable || rec->fields[ix.total].nullable ||
+        rec->fields[ix.agent].nullable || rec->fields[ix.fp].nullable ||
+        rec->fields[ix.op].nullable || rec->fields[ix.cache_hit].nullable)
+        Py_RETURN_NONE;
+
+    Py_ssize_t len = PyBytes_GET_SIZE(value);
+    char *scratch = PyMem_Malloc(len + 1);
+    if (!scratch) return PyErr_NoMemory();
+    Cur c = {PyBytes_AS_STRING(value), PyBytes_AS_STRING(value) + len, scratch};
+
+    PyObject *ev_keys = PyDict_New(), *att_keys = PyDict_New(), *queries = PyDict_New(),
+             *texts = PyDict_New(), *tier_us = PyDict_New();
+    PyObject *out = NULL;
+    Names names;
+    names.n_agents = 0;
+    Vec total_us = {NULL, 0, 0};
+    Span tier_spans[SCAN_MAX_TIERS];
+    PyObject *tier_objs[SCAN_MAX_TIERS];
+    Vec tier_vecs[SCAN_MAX_TIERS];
+    int n_tier = 0;
+    memset(tier_vecs, 0, sizeof(tier_vecs));
+    int fallback = 0;
+    Py_ssize_t n = 0;
+    double lo = 0, hi = 0;
+    Val vals[SCAN_MAX_FIELDS];
+    Val avals[SCAN_MAX_FIELDS];
+    Attempt chain[SCAN_MAX_CHAIN];
+    if (!ev_keys || !att_keys || !queries || !texts || !tier_us) goto done;
+
+    ws(&c);
+    int array = 0;
+    if (c.p < c.end && *c.p == '[') {
+        array = 1;
+        c.p++;
+        ws(&c);
+        if (c.p < c.end && *c.p == ']') {
+            c.p++;
+            goto finished;
+        }
+    }
+    for (;;) {
+        /* ---- one event ---- */
+        if (c.p >= c.end || *c.p != '{') { fallback = 1; goto done; }
+        for (Py_ssize_t i = 0; i < rec->n; i++) vals[i].type = T_NONE;
+        int n_chain = 0, hint = 0;
+        c.p++;
+        ws(&c);
+        if (c.p < c.end && *c.p == '}') { fallback = 1; goto done; } /* {} misses required fields */
+        for (;;) {
+            Span key;
+            Py_ssize_t cps;
+            if (c.p >= c.end || *c.p != '"' || scan_string(&c, &key, &cps)) { fallback = 1; goto done; }
+            ws(&c);
+            if (c.p >= c.end || *c.p != ':') { fallback = 1; goto done; }
+            c.p++;
+            ws(&c);
+            if (c.p >= c.end) { fallback = 1; goto done; }
+            int fi = field_index(rec, key, hint);
+            if (fi < 0 || vals[fi].type != T_NONE) { fallback = 1; goto done; }
+            hint = fi + 1;
+            const FieldPlan *f = &rec->fields[fi];
+            if (fi == ix.chain && *c.p == '{') {
+                vals[fi].type = T_MAP;
+                c.p++;
+                ws(&c);
+                if (c.p < c.end && *c.p == '}') {
+                    c.p++;
+                } else {
+                    for (;;) {
+                        Span tname;
+                        if (c.p >= c.end || *c.p != '"' || scan_string(&c, &tname, &cps) ||
+                            tname.n == 0 || n_chain >= SCAN_MAX_CHAIN) { fallback = 1; goto done; }
+                        for (int k = 0; k < n_chain; k++)
+                            if (chain[k].name.n == tname.n && !memcmp(chain[k].name.p, tname.p, tname.n)) {
+                                fallback = 1; /* duplicate tier */
+                                goto done;
+                            }
+                        ws(&c);
+                        if (c.p >= c.end || *c.p != ':') { fallback = 1; goto done; }
+                        c.p++;
+                        ws(&c);
+                        if (c.p >= c.end || scan_flat_record(&c, att, avals)) { fallback = 1; goto done; }
+                        Attempt *a = &chain[n_chain++];
+                        a->name = tname;
+                        a->latency = avals[ix.latency].d;
+                        a->hit = avals[ix.hit].b;
+                        a->has_error = avals[ix.error].type == T_STR;
+                        ws(&c);
+                        if (c.p >= c.end) { fallback = 1; goto done; }
+                        if (*c.p == ',') { c.p++; ws(&c); continue; }
+                        if (*c.p != '}') { fallback = 1; goto done; }
+                        c.p++;
+                        break;
+                    }
+                }
+                if (chain_f->max_entries >= 0 && n_chain > chain_f->max_entries) { fallback = 1; goto done; }
+            } else if (fi == ix.chain) {
+                if (scan_scalar(&c, &vals[fi], &cps) || vals[fi].type != T_NULL || !f->nullable) {
+                    fallback = 1; /* a null chain is not scanned either */
+                    goto done;
+                }
+                fallback = 1;
+                goto done;
+            } else {
+                if (scan_scalar(&c, &vals[fi], &cps) || scalar_ok(f, &vals[fi], cps)) { fallback = 1; goto done; }
+            }
+            ws(&c);
+            if (c.p >= c.end) { fallback = 1; goto done; }
+            if (*c.p == ',') { c.p++; ws(&c); continue; }
+            if (*c.p != '}') { fallback = 1; goto done; }
+            c.p++;
+            break;
+        }
+        for (Py_ssize_t i = 0; i < rec->n; i++)
+            if (vals[i].type == T_NONE && rec->fields[i].required) { fallback = 1; goto done; }
+
+        /* ---- the access rules ---- */
+        const Val *served = &vals[ix.served];
+        int served_i = -1;
+        if (served->type == T_STR) {
+            for (int k = 0; k < n_chain; k++)
+                if (chain[k].name.n == served->s.n && !memcmp(chain[k].name.p, served->s.p, served->s.n)) {
+                    served_i = k;
+                    break;
+                }
+            if (served_i < 0 || !chain[served_i].hit) { fallback = 1; goto done; }
+        }
+        const Val *op = &vals[ix.op];
+        int is_put = op->s.n == 3 && !memcmp(op->s.p, "put", 3);
+        int cache_hit = vals[ix.cache_hit].b;
+        if (is_put ? cache_hit : (cache_hit != (served_i == 0))) { fallback = 1; goto done; }
+
+        /* ---- grouping (as group_one) ---- */
+        double ts = vals[ix.ts].d;
+        if (n == 0 || ts < lo) lo = ts;
+        if (n == 0 || ts > hi) hi = ts;
+        n++;
+        PyObject *put_flag = is_put ? Py_True : Py_False;
+        PyObject *served_obj = Py_None;
+        int err = 0;
+        for (int k = 0; k < n_chain; k++) {
+            Attempt *a = &chain[k];
+            int ti = -1;
+            for (int j = 0; j < n_tier; j++)
+                if (tier_spans[j].n == a->name.n && !memcmp(tier_spans[j].p, a->name.p, a->name.n)) {
+                    ti = j;
+                    break;
+                }
+            if (ti < 0) {
+                if (n_tier >= SCAN_MAX_TIERS) { fallback = 1; goto done; }
+                PyObject *o = PyUnicode_DecodeUTF8(a->name.p, a->name.n, NULL);
+                if (!o) goto done;
+                ti = n_tier++;
+                tier_spans[ti] = a->name;
+                tier_objs[ti] = o;
+            }
+            if (k == served_i) served_obj = tier_objs[ti];
+            err |= a->has_error;
+            PyObject *key = PyTuple_Pack(4, tier_objs[ti], put_flag, a->hit ? Py_True : Py_False,
+                                         a->has_error ? Py_True : Py_False);
+            if (!key) goto done;
+            int rc = count_key(att_keys, key);
+            Py_DECREF(key);
+            if (rc < 0) goto done;
+            if (!is_put && vec_push(&tier_vecs[ti], ms_to_us(a->latency)) < 0) goto done;
+        }
+        PyObject *agent = name_obj(vals[ix.agent].s, names.agents_span, names.agents, &names.n_agents);
+        PyObject *agent_tmp = NULL;
+        if (!agent) {
+            if (PyErr_Occurred()) goto done;
+            agent = agent_tmp = PyUnicode_DecodeUTF8(vals[ix.agent].s.p, vals[ix.agent].s.n, NULL);
+            if (!agent) goto done;
+        }
+        PyObject *key = PyTuple_Pack(5, agent, put_flag, served_obj,
+                                     (!is_put && cache_hit) ? Py_True : Py_False, err ? Py_True : Py_False);
+        Py_XDECREF(agent_tmp);
+        if (!key) goto done;
+        int rc = count_key(ev_keys, key);
+        Py_DECREF(key);
+        if (rc < 0) goto done;
+        if (!is_put) {
+            long long us = ms_to_us(vals[ix.total].d);
+            if (vec_push(&total_us, us) < 0) goto done;
+            PyObject *fp = PyUnicode_DecodeUTF8(vals[ix.fp].s.p, vals[ix.fp].s.n, NULL);
+            if (!fp) goto done;
+            key = PyTuple_Pack(2, fp, served_obj);
+            if (!key) { Py_DECREF(fp); goto done; }
+            PyObject *acc = PyDict_GetItemWithError(queries, key);
+            if (acc) {
+                rc = (list_add(acc, 0, 1) < 0 || list_add(acc, 1, us) < 0) ? -1 : 0;
+            } else if (PyErr_Occurred()) {
+                rc = -1;
+            } else {
+                acc = new_acc(us);
+                rc = acc ? PyDict_SetItem(queries, key, acc) : -1;
+                Py_XDECREF(acc);
+            }
+            Py_DECREF(key);
+            const Val *q = &vals[ix.query];
+            if (rc == 0 && q->type == T_STR) {
+                PyObject *cur = PyDict_GetItemWithError(texts, fp);
+                int lt = 1;
+                if (!cur && PyErr_Occurred()) rc = -1;
+                else if (cur && span_lt_str(q->s, cur, &lt) < 0) rc = -1;
+                if (rc == 0 && lt) {
+                    PyObject *t = PyUnicode_DecodeUTF8(q->s.p, q->s.n, NULL);
+                    rc = t ? PyDict_SetItem(texts, fp, t) : -1;
+                    Py_XDECREF(t);
+                }
+            }
+            Py_DECREF(fp);
+            if (rc < 0) goto done;
+        }
+        /* ---- next event ---- */
+        ws(&c);
+        if (!array) break;
+        if (c.p >= c.end) { fallback = 1; goto done; }
+        if (*c.p == ',') { c.p++; ws(&c); continue; }
+        if (*c.p != ']') { fallback = 1; goto done; }
+        c.p++;
+        break;
+    }
+finished:
+    ws(&c);
+    if (c.p != c.end) { fallback = 1; goto done; }
+    for (int j = 0; j < n_tier; j++) {
+        if (!tier_vecs[j].n) continue;
+        PyObject *arr = vec_array(&tier_vecs[j]);
+        if (!arr) goto done;
+        int rc = PyDict_SetItem(tier_us, tier_objs[j], arr);
+        Py_DECREF(arr);
+        if (rc < 0) goto done;
+    }
+    {
+        PyObject *tot = vec_array(&total_us);
+        if (!tot) goto done;
+        out = Py_BuildValue("(nddOOOOOO)", n, lo, hi, ev_keys, att_keys, tier_us, tot, queries, texts);
+        Py_DECREF(tot);
+    }
+done:
+    PyMem_Free(scratch);
+    PyMem_Free(total_us.v);
+    for (int j = 0; j < n_tier; j++) {
+        Py_DECREF(tier_objs[j]);
+        PyMem_Free(tier_vecs[j].v);
+    }
+    for (int j = 0; j < names.n_agents; j++) Py_DECREF(names.agents[j]);
+    Py_XDECREF(ev_keys);
+    Py_XDECREF(att_keys);
+    Py_XDECREF(queries);
+    Py_XDECREF(texts);
+    Py_XDECREF(tier_us);
+    if (fallback && !PyErr_Occurred()) Py_RETURN_NONE;
+    return out;
 }
 
 static PyMethodDef methods[] = {
@@ -647,6 +1473,8 @@ static PyMethodDef methods[] = {
     {"check_batch", check_batch, METH_VARARGS,
      "check_batch(plan, objs, tail) -> indices of the objects that are not valid."},
     {"group", group, METH_O, "group(events) -> the parts of an aggregate Batch."},
+    {"scan", scan, METH_VARARGS,
+     "scan(plan, value) -> None (take the reference path) or the grouped entry."},
     {"hist_record", hist_record, METH_VARARGS,
      "hist_record(counts, values, mask, shift, half_mag, half, exact, highest) -> (n, lo, hi, sum)."},
     {NULL, NULL, 0, NULL},
@@ -673,5 +1501,10 @@ PyMODINIT_FUNC PyInit__native(void) {
     INTERN(s_query_fingerprint, "query_fingerprint");
     INTERN(s_query, "query");
 #undef INTERN
+    PyObject *array_mod = PyImport_ImportModule("array");
+    if (!array_mod) return NULL;
+    array_q = PyObject_GetAttrString(array_mod, "array");
+    Py_DECREF(array_mod);
+    if (!array_q) return NULL;
     return PyModule_Create(&moduledef);
 }

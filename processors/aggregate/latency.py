@@ -28,6 +28,7 @@ of values for the mean.
 
 from __future__ import annotations
 
+from array import array
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
@@ -101,7 +102,7 @@ class LatencyHistogram:
         if not values:
             return
         h = self.hist
-        if _native is not None and type(values) is list:
+        if _native is not None and (type(values) is list or type(values) is array):
             n, lo, hi, total = _native.hist_record(
                 h.counts, values, _MASK, _SHIFT, _HALF_MAG, _HALF, _EXACT_BELOW, HIGHEST_US
             )

@@ -18,7 +18,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from ...schemas.summary import SUMMARY_TYPE, SUMMARY_VERSION
-from .batch import group_batch
+from .batch import Batch, group_batch
 from .cost import CostAggregator
 from .counts import AccessCounts
 from .heavy import DEFAULT_CAPACITY, DEFAULT_TOP, HeavyHitters
@@ -57,7 +57,10 @@ class WindowAggregate:
 
     def add_batch(self, events: Iterable[Mapping[str, Any]]) -> None:
         """Aggregate a batch of validated events that belong to this window."""
-        batch = group_batch(events)
+        self.add_grouped(group_batch(events))
+
+    def add_grouped(self, batch: Batch) -> None:
+        """Aggregate a batch already grouped (``group_batch``, or the C scan of an entry)."""
         self.events += batch.events
         self.counts.add_grouped(batch)
         self.latency.add_grouped(batch)

@@ -45,7 +45,7 @@ from redis.exceptions import RedisError
 from ...schemas import names
 from ...schemas.wire import TIMESTAMP, VALUE
 from .config import PipelineConfig
-from .decode import BadEvent, decode_entry_events
+from .decode import BadEvent, feed_entry
 from .merger import WindowMerger
 from .partition import Partial, PartitionWindows
 
@@ -153,12 +153,12 @@ class AggregateRuntime:
     async def _feed(
         self, pw: PartitionWindows, offset: int, value: bytes | None, produced_at: float
     ) -> list[Partial]:
-        events, bad = decode_entry_events(value, produced_at, self.cfg.max_ahead_s)
+        out, bad, n = feed_entry(pw, offset, value, produced_at, self.cfg.max_ahead_s)
         self.stats["entries"] += 1
-        self.stats["events"] += len(events)
+        self.stats["events"] += n
         if bad:
             await self._dead_letter(pw.partition, offset, bad)
-        return pw.add(offset, events)
+        return out
 
     async def _refill(self, pw: PartitionWindows, start: int, end: int) -> list[Partial]:
         """Feed entries ``start .. end-1`` read straight from the stream."""

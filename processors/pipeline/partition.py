@@ -47,6 +47,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from ..aggregate.batch import Batch
 from ..aggregate.window_aggregate import WindowAggregate
 from .config import PipelineConfig
 
@@ -166,29 +167,62 @@ class PartitionWindows:
         tss = [ev["ts"] for ev in events]
         lo, hi = min(tss), max(tss)
         lo_start = int(lo // base) * base
-        late = 0
         if lo_start == int(hi // base) * base:  # the usual case: one window
-            if lo_start < first_ct:
-                late = len(events)
-            elif lo_start >= ct:
-                self._window(lo_start, offset).add_batch(events)
-        else:
-            groups: dict[int, list[Mapping[str, Any]]] = {}
-            for ev, ts in zip(events, tss, strict=True):
-                start = int(ts // base) * base
-                if start < first_ct:
-                    late += 1
-                elif start >= ct:  # else: its window closed since it was first seen
-                    g = groups.get(start)
-                    if g is None:
-                        groups[start] = [ev]
-                    else:
-                        g.append(ev)
-            for start in sorted(groups):
-                self._window(start, offset).add_batch(groups[start])
+            return self._add_one_window(offset, len(events), hi, lo_start, events)
+        late = 0
+        groups: dict[int, list[Mapping[str, Any]]] = {}
+        for ev, ts in zip(events, tss, strict=True):
+            start = int(ts // base) * base
+            if start < first_ct:
+                late += 1
+            elif start >= ct:  # else: its window closed since it was first seen
+                g = groups.get(start)
+                if g is None:
+                    groups[start] = [ev]
+                else:
+                    g.append(ev)
+        for start in sorted(groups):
+            self._window(start, offset).add_batch(groups[start])
         if late and first_ct == ct:  # else it was counted in a window closed since
             self._window(ct, offset).add_late(late)
         return self._close_until(int((hi - self.cfg.lateness_s) // base) * base, self.next_offset)
+
+    def add_grouped(
+        self, offset: int, n: int, lo: float, hi: float, batch: Batch
+    ) -> list[Partial] | None:
+        """:meth:`add` of an entry already grouped (``n`` events with ``ts`` in
+        ``lo .. hi``); None, with nothing changed, when its events fall in more than
+        one window (the caller then calls :meth:`add` with the events)."""
+        if self.next_offset is not None and offset < self.next_offset:
+            return []
+        base = self.base_s
+        lo_start = int(lo // base) * base
+        if n and lo_start != int(hi // base) * base:
+            return None
+        self.next_offset = offset + 1
+        if not n:
+            return []
+        return self._add_one_window(offset, n, hi, lo_start, batch)
+
+    def _add_one_window(
+        self, offset: int, n: int, hi: float, start: int, batch: Batch | Sequence[Mapping[str, Any]]
+    ) -> list[Partial]:
+        """The events of one entry, all in base window ``start``: aggregate, count
+        late or skip them (see the module docstring), then close by event time."""
+        ct = self.closed_through
+        first_ct = self._ct_at(offset)
+        if start < first_ct:
+            if first_ct == ct:  # else it was counted in a window closed since
+                self._window(ct, offset).add_late(n)
+        elif start >= ct:
+            agg = self._window(start, offset)
+            if isinstance(batch, Batch):
+                agg.add_grouped(batch)
+            else:
+                agg.add_batch(batch)
+        return self._close_until(
+            int((hi - self.cfg.lateness_s) // self.base_s) * self.base_s, offset + 1
+        )
 
     def close_by_clock(
         self, now: float, caught_up: bool, position: int | None = None

@@ -37,7 +37,7 @@ import redis.asyncio as aioredis
 from ...schemas import names
 from ...schemas.wire import VALUE
 from .config import PipelineConfig
-from .decode import decode_entry_events
+from .decode import feed_entry
 from .live import entry_time
 from .merger import WindowMerger
 from .partition import Partial, PartitionWindows
@@ -124,14 +124,13 @@ async def replay(
                     cursor[p] = off + 1
                     if VALUE not in fields:
                         continue
-                    events, bad = decode_entry_events(
-                        fields[VALUE], entry_time(fields), cfg.max_ahead_s
+                    out, bad, n = feed_entry(
+                        pw, off, fields[VALUE], entry_time(fields), cfg.max_ahead_s, (since, until)
                     )
                     res.entries += 1
                     res.bad_events += len(bad)
-                    events = [e for e in events if since <= e["ts"] < until]
-                    res.events += len(events)
-                    send(pw.add(off, events))
+                    res.events += n
+                    send(out)
         for s in merger.flush(res.until):
             found[(s["view"], s["window_start"])] = s
         res.summaries = [

@@ -10,6 +10,7 @@ HDR recording equal the pure-Python twins on the same events.
 from __future__ import annotations
 
 import copy
+import json
 import random
 import sys
 from pathlib import Path
@@ -160,3 +161,109 @@ def test_native_recording_equals_the_python_twin() -> None:
         b.hist.max_value,
     )
     assert a.result() == b.result()
+
+
+def _reference_entry(value: bytes) -> tuple[int, float, float, Any] | None:
+    """What the reference path makes of a whole entry: None if any event is bad."""
+    from tierstream.processors.pipeline.decode import decode_entry_events
+
+    events, bad = decode_entry_events(value)
+    if bad:
+        return None
+    if not events:
+        return 0, 0.0, 0.0, group_batch_py([])
+    tss = [e["ts"] for e in events]
+    return len(events), min(tss), max(tss), group_batch_py(events)
+
+
+def _scan(value: bytes) -> tuple[int, float, float, Any] | None:
+    from collections import Counter
+
+    from tierstream.processors.aggregate.batch import Batch
+    from tierstream.schemas.access import NATIVE_PLAN
+
+    assert ext is not None
+    r = ext.scan(NATIVE_PLAN, value)
+    if r is None:
+        return None
+    n, lo, hi, ev, att, tier_us, total_us, queries, texts = r
+    tier_us = {t: list(v) for t, v in tier_us.items()}
+    return n, lo, hi, Batch(n, Counter(ev), Counter(att), tier_us, list(total_us), queries, texts)
+
+
+@needs_ext
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_scan_of_valid_entries_equals_the_reference_path(seed: int) -> None:
+    import orjson
+
+    events = make_events(2000, seed=seed)
+    for ev in events[::7]:
+        ev["query"] = None
+    for ev in events[1::11]:  # escapes and non-ASCII text in strings
+        ev["query"] = f'say "hi"\\ \u00e9\u4e2d\U0001f600\n\t{ev["query"]}'
+        ev["agent_id"] = "agent \u00e9"
+    for ev in events[2::13]:
+        for a in ev["tier_latencies"].values():
+            a["latency_ms"] = int(a["latency_ms"])
+    for chunk in range(0, len(events), 250):
+        part = events[chunk : chunk + 250]
+        for value in (orjson.dumps(part), orjson.dumps(part, option=orjson.OPT_INDENT_2)):
+            got, want = _scan(value), _reference_entry(value)
+            assert got is not None and want is not None
+            assert got == want
+    one = orjson.dumps(events[0])
+    assert _scan(one) == _reference_entry(one)
+    assert _scan(b"[]") == (0, 0.0, 0.0, group_batch_py([]))
+
+
+@needs_ext
+def test_scan_vouches_only_for_entries_the_reference_accepts_whole() -> None:
+    import orjson
+
+    rng = random.Random(9)
+    base = make_events(40, seed=4)
+    accepted = declined = 0
+    values: list[bytes] = []
+    for ev in base:
+        for m in mutants(ev):
+            others = rng.sample(base, 3)
+            try:
+                values.append(orjson.dumps([*others, m]))
+            except TypeError:  # 2**70, NaN: the json module writes what orjson refuses
+                values.append(json.dumps([*others, m]).encode())
+    raw = orjson.dumps(base[:3])
+    # JSON-level oddities: duplicate keys, escapes, numbers, trailing data, bad UTF-8
+    values += [
+        raw.replace(b'"ts":', b'"ts":1.0e9,"ts":', 1),
+        raw.replace(b'"agent_id":"', b'"agent_id":"\\ud83d\\ude00', 1),
+        raw.replace(b'"agent_id":"', b'"agent_id":"\\u00e9', 1),
+        raw.replace(b'"agent_id":"', b'"agent_id":"\xc3', 1),
+        raw.replace(b'"agent_id":"', b'"agent_id":"\xed\xa0\x80', 1),
+        raw.replace(b'"result_count":', b'"result_count":1e0,"x":', 1),
+        raw.replace(b'"result_count":', b'"result_count":-0,"x":', 1),
+        raw.replace(b'"schema_version":1', b'"schema_version":1.0', 1),
+        raw.replace(b'"schema_version":1', b'"schema_version":01', 1),
+        raw + b" ",
+        raw + b"x",
+        raw[:-1],
+        raw[:-1] + b",]",
+        b" " + raw,
+        b'[{"ts":1}]',
+        b"{}",
+        b"[1]",
+        b"[[]]",
+        b"null",
+        b"",
+    ]
+    for value in values:
+        try:
+            want = _reference_entry(value)
+        except Exception:
+            want = None
+        got = _scan(value)
+        if got is None:
+            declined += 1
+            continue
+        accepted += 1
+        assert got == want, value[:300]
+    assert accepted > 100 and declined > 1000
