@@ -267,3 +267,31 @@ def test_scan_vouches_only_for_entries_the_reference_accepts_whole() -> None:
         accepted += 1
         assert got == want, value[:300]
     assert accepted > 100 and declined > 1000
+
+
+@needs_ext
+def test_scan_parses_numbers_exactly_as_orjson() -> None:
+    import orjson
+
+    rng = random.Random(17)
+    ev = make_events(1, seed=6)[0]
+    texts: list[str] = []
+    for _ in range(4000):
+        x = rng.uniform(1e9, 1e10)
+        texts += [repr(x), f"{x:.3f}", f"{x:.6f}", f"{x:.9e}", f"{x:.15g}", f"{x:.17g}"]
+    texts += ["1e9", "1E9", "1000000000", "1000000000.0", "1.0e+9", "9999999999.999999"]
+    texts += ["10000000000", "1700000000.1", "1700000000.000000000000000001"]
+    value = orjson.dumps(ev)
+    head, _, tail = value.partition(b'"ts":')
+    tail = tail[tail.index(b",") :]
+    checked = 0
+    for text in texts:
+        raw = head + b'"ts":' + text.encode() + tail
+        want = orjson.loads(raw)["ts"]
+        got = _scan(raw)
+        if got is None:
+            assert not (1e9 <= want <= 1e10)
+            continue
+        assert got[1] == got[2] == want, text
+        checked += 1
+    assert checked > 20_000
