@@ -1112,6 +1112,78 @@ static PyObject *name_obj(Span s, Span *spans, PyObject **objs, int *n) {
 
 static PyObject *array_q; /* array.array */
 
+/* Counts of grouping keys whose parts are objects scan() holds for the whole call
+   (cached names, None, True, False): counted by identity here, turned into the
+   tuple-keyed dict once at the end instead of a tuple and two dict lookups per
+   event. */
+#define KT_SLOTS 1024
+typedef struct {
+    PyObject *a, *b; /* b NULL: an attempt key (tier, put, hit, err) */
+    int flags;       /* put | hit-or-cache_hit << 1 | err << 2 */
+    long long count;
+} KSlot;
+typedef struct { KSlot s[KT_SLOTS]; int used; } KTable;
+
+static int kt_flush(KTable *t, PyObject *ev_keys, PyObject *att_keys) {
+    for (int i = 0; i < KT_SLOTS; i++) {
+        KSlot *k = &t->s[i];
+        if (!k->count) continue;
+        PyObject *put = (k->flags & 1) ? Py_True : Py_False;
+        PyObject *flag1 = (k->flags & 2) ? Py_True : Py_False;
+        PyObject *err = (k->flags & 4) ? Py_True : Py_False;
+        PyObject *key = k->b ? PyTuple_Pack(5, k->a, put, k->b, flag1, err)
+                             : PyTuple_Pack(4, k->a, put, flag1, err);
+        if (!key) return -1;
+        PyObject *d = k->b ? ev_keys : att_keys;
+        PyObject *cur = PyDict_GetItemWithError(d, key);
+        long long c = k->count;
+        if (cur) {
+            long long old = PyLong_AsLongLong(cur);
+            if (old == -1 && PyErr_Occurred()) {
+                Py_DECREF(key);
+                return -1;
+            }
+            c += old;
+        } else if (PyErr_Occurred()) {
+            Py_DECREF(key);
+            return -1;
+        }
+        PyObject *v = PyLong_FromLongLong(c);
+        int rc = v ? PyDict_SetItem(d, key, v) : -1;
+        Py_XDECREF(v);
+        Py_DECREF(key);
+        if (rc < 0) return -1;
+        k->count = 0;
+    }
+    t->used = 0;
+    return 0;
+}
+
+static int kt_add(KTable *t, PyObject *a, PyObject *b, int flags, PyObject *ev_keys,
+                  PyObject *att_keys) {
+    uintptr_t h = ((uintptr_t)a >> 4) * 0x9E3779B97F4A7C15ULL ^ ((uintptr_t)b >> 4) * 0xC2B2AE3D27D4EB4FULL;
+    h ^= (uintptr_t)flags * 0x165667B19E3779F9ULL;
+    for (unsigned i = (unsigned)(h >> 20) % KT_SLOTS;; i = (i + 1) % KT_SLOTS) {
+        KSlot *k = &t->s[i];
+        if (!k->count) {
+            if (t->used >= KT_SLOTS * 3 / 4) {
+                if (kt_flush(t, ev_keys, att_keys) < 0) return -1;
+                return kt_add(t, a, b, flags, ev_keys, att_keys);
+            }
+            k->a = a;
+            k->b = b;
+            k->flags = flags;
+            k->count = 1;
+            t->used++;
+            return 0;
+        }
+        if (k->a == a && k->b == b && k->flags == flags) {
+            k->count++;
+            return 0;
+        }
+    }
+}
+
 /* Growable int64 vector turned into array('q') at the end. */
 typedef struct { long long *v; Py_ssize_t n, cap; } Vec;
 
@@ -1218,8 +1290,13 @@ static PyObject *scan(PyObject *self, PyObject *args) {
         Py_RETURN_NONE;
 
     Py_ssize_t len = PyBytes_GET_SIZE(value);
+    KTable *kt = PyMem_Calloc(1, sizeof(KTable));
+    if (!kt) return PyErr_NoMemory();
     char *scratch = PyMem_Malloc(len + 1);
-    if (!scratch) return PyErr_NoMemory();
+    if (!scratch) {
+        PyMem_Free(kt);
+        return PyErr_NoMemory();
+    }
     Cur c = {PyBytes_AS_STRING(value), PyBytes_AS_STRING(value) + len, scratch};
 
     PyObject *ev_keys = PyDict_New(), *att_keys = PyDict_New(), *queries = PyDict_New(),
@@ -1370,12 +1447,9 @@ static PyObject *scan(PyObject *self, PyObject *args) {
             }
             if (k == served_i) served_obj = tier_objs[ti];
             err |= a->has_error;
-            PyObject *key = PyTuple_Pack(4, tier_objs[ti], put_flag, a->hit ? Py_True : Py_False,
-                                         a->has_error ? Py_True : Py_False);
-            if (!key) goto done;
-            int rc = count_key(att_keys, key);
-            Py_DECREF(key);
-            if (rc < 0) goto done;
+            if (kt_add(kt, tier_objs[ti], NULL, is_put | (a->hit << 1) | (a->has_error << 2),
+                       ev_keys, att_keys) < 0)
+                goto done;
             if (!is_put && vec_push(&tier_vecs[ti], ms_to_us(a->latency)) < 0) goto done;
         }
         PyObject *agent = name_obj(vals[ix.agent].s, names.agents_span, names.agents, &names.n_agents);
@@ -1385,19 +1459,26 @@ static PyObject *scan(PyObject *self, PyObject *args) {
             agent = agent_tmp = PyUnicode_DecodeUTF8(vals[ix.agent].s.p, vals[ix.agent].s.n, NULL);
             if (!agent) goto done;
         }
-        PyObject *key = PyTuple_Pack(5, agent, put_flag, served_obj,
-                                     (!is_put && cache_hit) ? Py_True : Py_False, err ? Py_True : Py_False);
-        Py_XDECREF(agent_tmp);
-        if (!key) goto done;
-        int rc = count_key(ev_keys, key);
-        Py_DECREF(key);
+        int rc;
+        if (agent_tmp) { /* not cached: counted at once, by value */
+            PyObject *key = PyTuple_Pack(5, agent, put_flag, served_obj,
+                                         (!is_put && cache_hit) ? Py_True : Py_False,
+                                         err ? Py_True : Py_False);
+            Py_DECREF(agent_tmp);
+            if (!key) goto done;
+            rc = count_key(ev_keys, key);
+            Py_DECREF(key);
+        } else {
+            rc = kt_add(kt, agent, served_obj, is_put | ((!is_put && cache_hit) << 1) | (err << 2),
+                        ev_keys, att_keys);
+        }
         if (rc < 0) goto done;
         if (!is_put) {
             long long us = ms_to_us(vals[ix.total].d);
             if (vec_push(&total_us, us) < 0) goto done;
             PyObject *fp = PyUnicode_DecodeUTF8(vals[ix.fp].s.p, vals[ix.fp].s.n, NULL);
             if (!fp) goto done;
-            key = PyTuple_Pack(2, fp, served_obj);
+            PyObject *key = PyTuple_Pack(2, fp, served_obj);
             if (!key) { Py_DECREF(fp); goto done; }
             PyObject *acc = PyDict_GetItemWithError(queries, key);
             if (acc) {
@@ -1437,6 +1518,7 @@ static PyObject *scan(PyObject *self, PyObject *args) {
 finished:
     ws(&c);
     if (c.p != c.end) { fallback = 1; goto done; }
+    if (kt_flush(kt, ev_keys, att_keys) < 0) goto done;
     for (int j = 0; j < n_tier; j++) {
         if (!tier_vecs[j].n) continue;
         PyObject *arr = vec_array(&tier_vecs[j]);
@@ -1453,6 +1535,7 @@ finished:
     }
 done:
     PyMem_Free(scratch);
+    PyMem_Free(kt);
     PyMem_Free(total_us.v);
     for (int j = 0; j < n_tier; j++) {
         Py_DECREF(tier_objs[j]);

@@ -54,6 +54,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import logging
 import os
 from collections.abc import Mapping
 from typing import Any
@@ -62,11 +63,14 @@ import faust
 from faust.types import TP, StreamT
 from faust.web import Request, Response, View
 
+from tierstream import native
 from tierstream.settings import Settings
 
 from ...schemas import names
 from .config import PipelineConfig
 from .live import AggregateRuntime, MergeRuntime
+
+logger = logging.getLogger(__name__)
 
 TICK_S = 0.5
 #: gen0 threshold of the worker's garbage collector (see the module docstring)
@@ -142,6 +146,7 @@ async def merge(stream: StreamT[dict[str, Any]]) -> None:
 @app.task
 async def tune_gc() -> None:
     """When the worker has started: see "Garbage collector" above."""
+    logger.info("tierstream worker: %s", native.describe())
     gc.collect()
     gc.freeze()
     _, gen1, gen2 = gc.get_threshold()

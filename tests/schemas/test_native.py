@@ -295,3 +295,24 @@ def test_scan_parses_numbers_exactly_as_orjson() -> None:
         assert got[1] == got[2] == want, text
         checked += 1
     assert checked > 20_000
+
+
+@needs_ext
+def test_scan_with_many_agents_and_tiers_equals_the_reference_path() -> None:
+    # past the scanner's name cache (64) and its key table (768 keys, then flushed)
+    import orjson
+
+    events = make_events(6000, seed=8)
+    rng = random.Random(8)
+    for i, ev in enumerate(events):
+        ev["agent_id"] = f"agent-{i % 300}"
+        if rng.random() < 0.3:
+            chain = ev["tier_latencies"]
+            renamed = {f"{t}-{i % 20}": a for t, a in chain.items()}
+            served = ev["tier_accessed"]
+            ev["tier_latencies"] = renamed
+            ev["tier_accessed"] = None if served is None else f"{served}-{i % 20}"
+    value = orjson.dumps(events)
+    got, want = _scan(value), _reference_entry(value)
+    assert got is not None and got == want
+    assert len(got[3].event_keys) > 768
