@@ -11,6 +11,9 @@
  *       (schemas/access.py, _ACCESS_TAIL).
  *   group(objs) -> (events, event_keys, attempt_keys, tier_us, total_us, queries, texts)
  *       twin of processors/aggregate/batch.py, _group_batch_py.
+ *   heavy_add(entries, queries) -> accesses added
+ *       twin of the per-key loop of HeavyHitters.add_grouped (heavy.py).
+ *   scan(plan, value) -> None or a whole entry checked and grouped (see below).
  *   hist_record(counts, values, mask, shift, half_mag, half, exact, highest)
  *       -> (n, lo, hi, sum): twin of LatencyHistogram.record_us's Python loop
  *       (processors/aggregate/latency.py): clamps each value to 0..highest and
@@ -1551,11 +1554,94 @@ done:
     return out;
 }
 
+/* ---- heavy_add: the per-key loop of HeavyHitters.add_grouped ------------------ */
+
+/* heavy_add(entries, queries) -> accesses added. entries: fingerprint ->
+   [g, {served: [count, us]}] (updated in place); queries: (fingerprint, served)
+   -> [count, us], as a Batch holds them. Twin of the loop in
+   processors/aggregate/heavy.py, HeavyHitters._add_queries_py. */
+static PyObject *heavy_add(PyObject *self, PyObject *args) {
+    PyObject *entries, *queries;
+    if (!PyArg_ParseTuple(args, "O!O!", &PyDict_Type, &entries, &PyDict_Type, &queries))
+        return NULL;
+    Py_ssize_t pos = 0;
+    PyObject *key, *val;
+    long long added = 0;
+    while (PyDict_Next(queries, &pos, &key, &val)) {
+        if (!PyTuple_CheckExact(key) || PyTuple_GET_SIZE(key) != 2 || !PyList_CheckExact(val) ||
+            PyList_GET_SIZE(val) != 2) {
+            PyErr_SetString(PyExc_TypeError, "queries must map (fingerprint, served) to [count, us]");
+            return NULL;
+        }
+        PyObject *fp = PyTuple_GET_ITEM(key, 0), *served = PyTuple_GET_ITEM(key, 1);
+        long long c = PyLong_AsLongLong(PyList_GET_ITEM(val, 0));
+        if (c == -1 && PyErr_Occurred()) return NULL;
+        PyObject *us = PyList_GET_ITEM(val, 1);
+        added += c;
+        PyObject *e = PyDict_GetItemWithError(entries, fp);
+        if (!e) {
+            if (PyErr_Occurred()) return NULL;
+            PyObject *tiers = PyDict_New(), *tv = PyList_New(2), *entry = PyList_New(2);
+            if (!tiers || !tv || !entry) {
+                Py_XDECREF(tiers);
+                Py_XDECREF(tv);
+                Py_XDECREF(entry);
+                return NULL;
+            }
+            PyObject *cnt = PyList_GET_ITEM(val, 0);
+            Py_INCREF(cnt);
+            PyList_SET_ITEM(tv, 0, cnt);
+            Py_INCREF(us);
+            PyList_SET_ITEM(tv, 1, us);
+            int rc = PyDict_SetItem(tiers, served, tv);
+            Py_DECREF(tv);
+            Py_INCREF(cnt);
+            PyList_SET_ITEM(entry, 0, cnt);
+            PyList_SET_ITEM(entry, 1, tiers); /* steals tiers */
+            if (rc == 0) rc = PyDict_SetItem(entries, fp, entry);
+            Py_DECREF(entry);
+            if (rc < 0) return NULL;
+            continue;
+        }
+        if (!PyList_CheckExact(e) || PyList_GET_SIZE(e) != 2 || !PyDict_CheckExact(PyList_GET_ITEM(e, 1))) {
+            PyErr_SetString(PyExc_TypeError, "corrupt heavy-hitter entry");
+            return NULL;
+        }
+        if (list_add(e, 0, c) < 0) return NULL;
+        PyObject *tiers = PyList_GET_ITEM(e, 1);
+        PyObject *t = PyDict_GetItemWithError(tiers, served);
+        if (!t) {
+            if (PyErr_Occurred()) return NULL;
+            PyObject *tv = PyList_New(2);
+            if (!tv) return NULL;
+            PyObject *cnt = PyList_GET_ITEM(val, 0);
+            Py_INCREF(cnt);
+            PyList_SET_ITEM(tv, 0, cnt);
+            Py_INCREF(us);
+            PyList_SET_ITEM(tv, 1, us);
+            int rc = PyDict_SetItem(tiers, served, tv);
+            Py_DECREF(tv);
+            if (rc < 0) return NULL;
+            continue;
+        }
+        if (!PyList_CheckExact(t) || PyList_GET_SIZE(t) != 2) {
+            PyErr_SetString(PyExc_TypeError, "corrupt heavy-hitter tier totals");
+            return NULL;
+        }
+        long long u = PyLong_AsLongLong(us);
+        if (u == -1 && PyErr_Occurred()) return NULL;
+        if (list_add(t, 0, c) < 0 || list_add(t, 1, u) < 0) return NULL;
+    }
+    return PyLong_FromLongLong(added);
+}
+
 static PyMethodDef methods[] = {
     {"compile_plan", compile_plan, METH_O, "Compile a record plan (schemas.fastcheck.native_plan)."},
     {"check_batch", check_batch, METH_VARARGS,
      "check_batch(plan, objs, tail) -> indices of the objects that are not valid."},
     {"group", group, METH_O, "group(events) -> the parts of an aggregate Batch."},
+    {"heavy_add", heavy_add, METH_VARARGS,
+     "heavy_add(entries, queries) -> accesses added (HeavyHitters.add_grouped's loop)."},
     {"scan", scan, METH_VARARGS,
      "scan(plan, value) -> None (take the reference path) or the grouped entry."},
     {"hist_record", hist_record, METH_VARARGS,

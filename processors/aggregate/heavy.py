@@ -36,6 +36,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from ...native import ext as _native
 from .batch import Batch, group_batch
 
 DEFAULT_CAPACITY = 1024
@@ -64,9 +65,19 @@ class HeavyHitters:
         self.add_grouped(group_batch(events))
 
     def add_grouped(self, batch: Batch) -> None:
+        if _native is not None:
+            self.n += _native.heavy_add(self.entries, batch.queries)
+        else:
+            self.n += self._add_queries_py(batch.queries)
+        self._merge_texts(batch.texts)
+        self._maybe_compact()
+
+    def _add_queries_py(self, queries: Mapping[tuple[str, str | None], list[int]]) -> int:
+        """Add a batch's per-(fingerprint, serving tier) totals; the accesses added
+        (the pure-Python twin of ``_native.heavy_add``)."""
         entries = self.entries
         added = 0
-        for (fp, served), (c, us) in batch.queries.items():
+        for (fp, served), (c, us) in queries.items():
             added += c
             e = entries.get(fp)
             if e is None:
@@ -79,9 +90,7 @@ class HeavyHitters:
             else:
                 t[0] += c
                 t[1] += us
-        self.n += added
-        self._merge_texts(batch.texts)
-        self._maybe_compact()
+        return added
 
     def merge(self, other: HeavyHitters) -> None:
         """Add ``other`` (same capacity) into this summary."""

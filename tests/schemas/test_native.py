@@ -316,3 +316,23 @@ def test_scan_with_many_agents_and_tiers_equals_the_reference_path() -> None:
     got, want = _scan(value), _reference_entry(value)
     assert got is not None and got == want
     assert len(got[3].event_keys) > 768
+
+
+@needs_ext
+def test_native_heavy_add_equals_the_python_twin() -> None:
+    from tierstream.processors.aggregate.heavy import HeavyHitters
+
+    assert ext is not None
+    a, b = HeavyHitters(64), HeavyHitters(64)
+    for seed in range(6):
+        batch = group_batch_py(make_events(700, seed=seed, n_queries=400))
+        na = ext.heavy_add(a.entries, batch.queries)
+        nb = b._add_queries_py(batch.queries)
+        assert na == nb == sum(c for c, _ in batch.queries.values())
+        assert a.entries == b.entries
+    # the batch's own lists are never changed (entries hold copies)
+    batch = group_batch_py(make_events(50, seed=1))
+    before = copy.deepcopy(batch.queries)
+    ext.heavy_add(a.entries, batch.queries)
+    ext.heavy_add(a.entries, batch.queries)
+    assert batch.queries == before
