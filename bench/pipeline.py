@@ -25,7 +25,8 @@ pipeline
     every window are on ``tierstream.window-summaries`` and their ``events``
     add up to the events published (a correctness check as well as the stop
     condition). ``events_per_s`` = events / that time. ``rss_mb`` = the
-    worker's peak resident memory (VmHWM) at the end.
+    worker's peak resident memory (VmHWM) at the end. The worker's CPU time
+    over the same span is printed too (less disturbed by other load).
 
     Why publish first: a worker that is idle and caught up closes windows by
     wall clock (grace 5 s), so events of windows that ended minutes ago would
@@ -166,6 +167,12 @@ def tumbling_events(recs: list[dict[str, Any]]) -> int:
     return sum(s["events"] for s in latest.values())
 
 
+def cpu_s(pid: int) -> float:
+    """User + system CPU seconds the process has used so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def peak_rss_mb(pid: int) -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmHWM:"):
@@ -234,6 +241,7 @@ def run_pipeline(n: int, timeout: float) -> tuple[float, float]:
             # Faust logs "Worker ready" once table recovery is done and the fetcher runs.
             wait_for_log(log_path, b"Worker ready", proc, 90)
             t0 = time.perf_counter()
+            cpu0 = cpu_s(proc.pid)
             print(f"worker ready after {t0 - t_start:.1f} s", flush=True)
             deadline = time.monotonic() + timeout
             got = 0
@@ -246,6 +254,9 @@ def run_pipeline(n: int, timeout: float) -> tuple[float, float]:
                     raise SystemExit(f"pipeline incomplete: {got} of {n} events summarized\n{tail}")
                 time.sleep(0.05)
             elapsed = time.perf_counter() - t0
+            cpu = cpu_s(proc.pid) - cpu0
+            # CPU time is disturbed less than wall time by other load on the machine
+            print(f"worker CPU {cpu:.2f} s in {elapsed:.2f} s: {n / cpu:,.0f} events per CPU s")
             if got != n:
                 raise SystemExit(f"summaries count {got} events, {n} were published")
             rss = peak_rss_mb(proc.pid)
