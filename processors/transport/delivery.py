@@ -32,7 +32,7 @@ import contextlib
 from typing import Any
 
 from faust.transport import consumer as faust_consumer
-from faust.types import TP, Message
+from faust.types import TP, ConsumerMessage, Message
 
 from .eager import start_eagerly
 
@@ -83,6 +83,13 @@ class DeliveryLoop(faust_consumer.Consumer):
         releasing the free lock). The rest of a partition's records is
         dropped when it is sought, the flow is suspended or the generation
         changes (they are read again).
+
+        The messages between two loop turns (at most ``yield_every``) are
+        delivered by one coroutine (``deliver``), started eagerly: it awaits
+        the handlers in turn, and only becomes a task, raced against
+        ``suspend_flow`` as Faust races each delivery, if one of them has to
+        wait. A message that needs the loop's own awaits first (a commit is
+        due, or it follows a gap) ends the run and is delivered alone.
         """
         app = self.app
         callback = self.callback
@@ -91,24 +98,125 @@ class DeliveryLoop(faust_consumer.Consumer):
         # up under ``_tp_to_callback_lock``); not in client-only mode, whose
         # ``on_message`` maps every message to partition 0.
         direct = not app.client_only and callback is getattr(conductor, "on_message", None)
-        handlers = conductor._tp_to_callback if direct else {}
-        lock = conductor._tp_to_callback_lock if direct else None
+        handlers: dict[TP, Any] = conductor._tp_to_callback if direct else {}
+        # (not direct: no handlers, so always ``callback``; a lock never held)
+        lock: asyncio.Lock = conductor._tp_to_callback_lock if direct else asyncio.Lock()
         wait_next_records = self._wait_next_records
         to_message: Any = self._to_message  # FetchingConsumer._to_message
         highwater = self.highwater
         track = app.monitor.track_tp_end_offset
         consumer_should_stop = self._stopped.is_set
         fetcher_should_stop = fetcher._stopped.is_set
-        get_read_offset = self._read_offset.__getitem__
-        set_read_offset = self._read_offset.__setitem__
+        read_offsets = self._read_offset
+        get_read_offset = read_offsets.__getitem__
+        set_read_offset = read_offsets.__setitem__
         set_flag = self.diag.set_flag
         unset_flag = self.diag.unset_flag
         commit_every = self._commit_every
         acks_enabled_for = app.topics.acks_enabled_for
         epochs = self._epochs
+        get_epoch = epochs.get
         yield_every = 100
         num_since_yield = 0
         sleep = asyncio.sleep
+        new_message = ConsumerMessage
+        consumer = self
+        #: where the last ``deliver`` run stopped (it may finish in a task)
+        progress = [0]
+
+        get_handler = handlers.get
+        lock_held = lock.locked
+
+        def handler_for(tp: TP) -> Any:
+            # The index lock is held (or wanted) while the conductor rebuilds
+            # its handler map: then go through ``on_message``, which waits.
+            if lock_held() or lock._waiters:
+                return callback
+            return get_handler(tp) or callback
+
+        async def deliver(
+            tp: TP, batch: list[Any], i: int, end: int, epoch: Any, generation_id: int
+        ) -> None:
+            """Deliver ``batch[i:end]``; ``progress[0]`` is then the index of
+            the first record not delivered: ``end``, unless the partition was
+            sought, the flow suspended or the generation changed, or record
+            ``i`` follows a gap or a commit is due before it."""
+            topic, partition = tp
+            while i < end:
+                if (
+                    get_epoch(tp) != epoch
+                    or not consumer.flow_active
+                    or app.consumer_generation_id != generation_id
+                ):
+                    progress[0] = i  # sought, suspended or rebalanced: re-read later
+                    return
+                offset, key, value, ts, headers = batch[i]
+                r_offset = get_read_offset(tp)
+                if r_offset is not None and offset < r_offset:
+                    i += 1  # below the read offset (Faust drops it, too)
+                    continue
+                if (r_offset and offset - r_offset > 1) or (
+                    commit_every is not None and consumer._n_acked >= commit_every
+                ):
+                    progress[0] = i  # a gap or a commit first: the loop does both
+                    return
+                message = new_message(
+                    topic,
+                    partition,
+                    offset,
+                    ts,
+                    0,
+                    headers,
+                    key,
+                    value,
+                    None,
+                    len(key) if key is not None else 0,
+                    len(value) if value is not None else 0,
+                    tp,
+                    None,
+                    None,
+                    None,
+                    generation_id,
+                )
+                handler = callback if lock_held() or lock._waiters else get_handler(tp) or callback
+                consumer._delivering = message
+                try:
+                    await handler(message)
+                finally:
+                    if consumer._delivering is message:
+                        consumer._delivering = None
+                i += 1
+                if get_epoch(tp) != epoch:
+                    # Sought while this delivery waited for room: the seek
+                    # retired the message.
+                    progress[0] = i
+                    return
+                set_read_offset(tp, offset)
+            progress[0] = i
+
+        async def deliver_one(tp: TP, message: Message, epoch: Any) -> None:
+            """Faust's per-message step, for a message after a gap or when a
+            commit is due (what ``deliver`` leaves to the loop)."""
+            offset = message.offset
+            r_offset = get_read_offset(tp)
+            if r_offset is None or offset >= r_offset:
+                gap = offset - (r_offset or 0)
+                if gap > 1 and r_offset and acks_enabled_for(message.topic):
+                    await self._add_gap(tp, r_offset + 1, offset)
+                if commit_every is not None and self._n_acked >= commit_every:
+                    self._n_acked = 0
+                    await self.commit()
+                pending = start_eagerly(handler_for(tp)(message))
+                if pending is not None:
+                    self._delivering = message
+                    try:
+                        await self.wait_first(pending, self.suspend_flow.wait())
+                    finally:
+                        self._delivering = None
+                    if get_epoch(tp) != epoch:
+                        return  # sought while this delivery waited: retired
+                set_read_offset(tp, offset)
+
         try:
             while not (consumer_should_stop() or fetcher_should_stop()):
                 set_flag(faust_consumer.CONSUMER_FETCHING)
@@ -118,50 +226,54 @@ class DeliveryLoop(faust_consumer.Consumer):
                 if records and not self.should_stop and self.flow_active:
                     generation_id = app.consumer_generation_id
                     # No await since the fetch checked the epochs: these are the fetch's.
-                    started = {tp: epochs.get(tp) for tp in records}
+                    started = {tp: get_epoch(tp) for tp in records}
                     for tp, batch in records.items():
                         track(tp, highwater(tp))
                         epoch = started[tp]
-                        for record in batch:
-                            num_since_yield += 1
-                            if num_since_yield > yield_every:
+                        i, n = 0, len(batch)
+                        while i < n:
+                            if num_since_yield >= yield_every:
                                 await sleep(0)
                                 num_since_yield = 0
                             if (
-                                epochs.get(tp) != epoch
+                                get_epoch(tp) != epoch
                                 or not self.flow_active
                                 or app.consumer_generation_id != generation_id
                             ):
                                 break  # sought, suspended or rebalanced: re-read later
-                            message = to_message(tp, record, generation_id)
-                            offset = message.offset
-                            r_offset = get_read_offset(tp)
-                            if r_offset is None or offset >= r_offset:
-                                gap = offset - (r_offset or 0)
-                                if gap > 1 and r_offset and acks_enabled_for(message.topic):
-                                    await self._add_gap(tp, r_offset + 1, offset)
-                                if commit_every is not None and self._n_acked >= commit_every:
-                                    self._n_acked = 0
-                                    await self.commit()
-                                handler = (
-                                    handlers.get(tp)
-                                    if lock is not None and not (lock.locked() or lock._waiters)
-                                    else None
+                            end = min(n, i + yield_every - num_since_yield)
+                            pending = start_eagerly(
+                                deliver(tp, batch, i, end, epoch, generation_id)
+                            )
+                            if pending is not None:
+                                # A delivery has to wait: the rest of the run
+                                # is raced against a suspended flow, as Faust
+                                # races every delivery.
+                                await self.wait_first(pending, self.suspend_flow.wait())
+                                if not pending.done():
+                                    # Abandoned (wait_first cancels it), as Faust
+                                    # abandons a delivery; its offset counts as
+                                    # read, as in Faust's loop.
+                                    message = self._delivering
+                                    self._delivering = None
+                                    if message is not None and get_epoch(tp) == epoch:
+                                        set_read_offset(tp, message.offset)
+                                    break
+                            stopped_at = progress[0]
+                            num_since_yield += stopped_at - i
+                            i = stopped_at
+                            if (
+                                i < end
+                                and get_epoch(tp) == epoch
+                                and self.flow_active
+                                and app.consumer_generation_id == generation_id
+                            ):
+                                # A gap or a due commit before record i: Faust's step.
+                                num_since_yield += 1
+                                await deliver_one(
+                                    tp, to_message(tp, batch[i], generation_id), epoch
                                 )
-                                pending = start_eagerly(
-                                    handler(message) if handler is not None else callback(message)
-                                )
-                                if pending is not None:
-                                    self._delivering = message
-                                    try:
-                                        await self.wait_first(pending, self.suspend_flow.wait())
-                                    finally:
-                                        self._delivering = None
-                                    if epochs.get(tp) != epoch:
-                                        # Sought while this delivery waited for
-                                        # room: the seek retired the message.
-                                        continue
-                                set_read_offset(tp, offset)
+                                i += 1
                         if not self.flow_active or app.consumer_generation_id != generation_id:
                             break
                 unset_flag(faust_consumer.CONSUMER_FETCHING)
