@@ -182,30 +182,49 @@ class FetchingConsumer(PositionsConsumer):
     async def _parse(self, tp: TP, stream: bytes, entries: list[Any], now: float) -> list[Any]:
         """Entries -> records; dead-letters bad ones; advances the position."""
         out: list[Record] = []
+        append = out.append
         last = -1
+        # Dense ids: if the first and last entries are ``0-a`` and ``0-b`` with
+        # b - a + 1 entries, every id in between is ``0-x`` (ids increase) and
+        # they are a, a+1, ..., b: no id needs parsing. Otherwise (a foreign
+        # id, or entries deleted in between) each id is parsed.
+        offset = -1
+        dense = False
+        if entries:
+            first_id, last_id = entries[0][0], entries[-1][0]
+            if (
+                first_id[:2] == b"0-"
+                and last_id[:2] == b"0-"
+                and first_id[2:].isdigit()
+                and last_id[2:].isdigit()
+            ):
+                offset = int(first_id[2:]) - 2
+                dense = int(last_id[2:]) - offset - 2 == len(entries) - 1
         for entry_id, fields in entries:
-            if entry_id[:2] != b"0-":
-                # Foreign id: it and everything after it are foreign (see
-                # deadletter.py). Move them away; the next fetch goes on.
-                await self.transport.dead_letters.repair_stream(tp.topic, tp.partition)
-                break
-            offset = int(entry_id[2:]) - 1
+            if dense:
+                offset += 1
+            else:
+                if entry_id[:2] != b"0-":
+                    # Foreign id: it and everything after it are foreign (see
+                    # deadletter.py). Move them away; the next fetch goes on.
+                    await self.transport.dead_letters.repair_stream(tp.topic, tp.partition)
+                    break
+                offset = int(entry_id[2:]) - 1
             last = offset
             # Fast path: the producer's own layout (producer.py), ``v <value>
             # k <key> t <ms>`` or ``v <value> t <ms>``; anything else (headers,
             # tombstones, other writers' fields, bad values) takes the general path.
             n = len(fields)
-            if n >= 4 and fields[0] == VALUE:
-                if n == 6 and fields[2] == KEY and fields[4] == TIMESTAMP:
-                    ts_raw = fields[5]
-                    if ts_raw.isdigit():
-                        out.append((offset, fields[3], fields[1], int(ts_raw) / 1000.0, None))
-                        continue
-                elif n == 4 and fields[2] == TIMESTAMP:
-                    ts_raw = fields[3]
-                    if ts_raw.isdigit():
-                        out.append((offset, None, fields[1], int(ts_raw) / 1000.0, None))
-                        continue
+            if n == 6:
+                f_value, value, f_key, key, f_ts, ts_raw = fields
+                if f_value == VALUE and f_key == KEY and f_ts == TIMESTAMP and ts_raw.isdigit():
+                    append((offset, key, value, int(ts_raw) / 1000.0, None))
+                    continue
+            elif n == 4:
+                f_value, value, f_ts, ts_raw = fields
+                if f_value == VALUE and f_ts == TIMESTAMP and ts_raw.isdigit():
+                    append((offset, None, value, int(ts_raw) / 1000.0, None))
+                    continue
             try:
                 d = dict(zip(fields[::2], fields[1::2], strict=True))
                 value = d.get(VALUE)
@@ -227,7 +246,7 @@ class FetchingConsumer(PositionsConsumer):
                 continue
             if TOMBSTONE in d:
                 value = None
-            out.append((offset, d.get(KEY), value, ts, headers))
+            append((offset, d.get(KEY), value, ts, headers))
         if last >= 0:
             self._positions[tp] = last + 1
             if last + 1 > self._highwaters.get(tp, 0):
