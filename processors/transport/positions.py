@@ -103,6 +103,31 @@ class PositionsConsumer(DeliveryLoop):
         )
         return {tp: int(v) for tp, v in zip(tps, raw, strict=True) if v is not None}
 
+    def _new_offset(self, tp: TP) -> int | None:
+        """The offset to commit for ``tp`` (one past the first run of
+        consecutive acked offsets), and that run dropped from the ack
+        bookkeeping: Faust's, with a fast path for the usual case.
+
+        Faust finds the run with ``itertools.groupby`` and a lambda per acked
+        offset (every ``broker_commit_every`` messages it walks them all).
+        When ``tp`` has no gaps and its acked offsets, sorted, are one run
+        without duplicates (a single agent acks in order), the run is the
+        whole list: the same result from its first and last element. Anything
+        else (gaps, holes, duplicates) takes Faust's own code.
+        """
+        acked = self._acked.get(tp)
+        if acked and not self._gap.get(tp):
+            acked.sort()
+            first, last = acked[0], acked[-1]
+            if last - first == len(acked) - 1 and len(set(acked)) == len(acked):
+                committed = self._committed_offset[tp]
+                if committed and first - committed > 1:
+                    return None  # as Faust: a gap before the first acked offset
+                self._acked_index[tp].difference_update(acked)
+                acked.clear()
+                return last + 1
+        return super()._new_offset(tp)
+
     async def _commit(self, offsets: Mapping[TP, int]) -> bool:
         mapping = {
             f"{tp.topic}:{tp.partition}": offset
