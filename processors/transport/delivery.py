@@ -32,7 +32,7 @@ import contextlib
 from typing import Any
 
 from faust.transport import consumer as faust_consumer
-from faust.types import TP, ConsumerMessage, Message
+from faust.types import TP, Message
 
 from .eager import start_eagerly
 
@@ -49,7 +49,9 @@ class DeliveryLoop(faust_consumer.Consumer):
         super().on_buffer_drop(tp)
         self._buffer_dropped.set()
 
-    async def _wait_next_records(self, timeout: float) -> tuple[Any, set[TP] | None]:
+    async def _wait_next_records(
+        self, timeout: float, as_messages: bool = False
+    ) -> tuple[Any, set[TP] | None]:
         """Faust's version, except that with every partition paused because
         agent buffers are full it waits for a buffer to drain (or
         ``timeout``) instead of sleeping a whole second, which stalled
@@ -60,7 +62,9 @@ class DeliveryLoop(faust_consumer.Consumer):
             self.not_waiting_next_records.set()
             active: set[TP] | None = None if self.app.client_only else self._get_active_partitions()
             if active is None or active:
-                return await self._getmany(active, timeout), active
+                return await self._getmany(  # type: ignore[call-arg]
+                    active, timeout, as_messages=as_messages
+                ), active
             self._buffer_dropped.clear()
             await self.wait_for_stopped_or(self._buffer_dropped, timeout)
             return {}, active
@@ -102,7 +106,6 @@ class DeliveryLoop(faust_consumer.Consumer):
         # (not direct: no handlers, so always ``callback``; a lock never held)
         lock: asyncio.Lock = conductor._tp_to_callback_lock if direct else asyncio.Lock()
         wait_next_records = self._wait_next_records
-        to_message: Any = self._to_message  # FetchingConsumer._to_message
         highwater = self.highwater
         track = app.monitor.track_tp_end_offset
         consumer_should_stop = self._stopped.is_set
@@ -119,7 +122,6 @@ class DeliveryLoop(faust_consumer.Consumer):
         yield_every = 100
         num_since_yield = 0
         sleep = asyncio.sleep
-        new_message = ConsumerMessage
         consumer = self
         #: where the last ``deliver`` run stopped (it may finish in a task)
         progress = [0]
@@ -141,7 +143,6 @@ class DeliveryLoop(faust_consumer.Consumer):
             the first record not delivered: ``end``, unless the partition was
             sought, the flow suspended or the generation changed, or record
             ``i`` follows a gap or a commit is due before it."""
-            topic, partition = tp
             while i < end:
                 if (
                     get_epoch(tp) != epoch
@@ -150,7 +151,8 @@ class DeliveryLoop(faust_consumer.Consumer):
                 ):
                     progress[0] = i  # sought, suspended or rebalanced: re-read later
                     return
-                offset, key, value, ts, headers = batch[i]
+                message = batch[i]
+                offset = message.offset
                 r_offset = get_read_offset(tp)
                 if r_offset is not None and offset < r_offset:
                     i += 1  # below the read offset (Faust drops it, too)
@@ -160,24 +162,7 @@ class DeliveryLoop(faust_consumer.Consumer):
                 ):
                     progress[0] = i  # a gap or a commit first: the loop does both
                     return
-                message = new_message(
-                    topic,
-                    partition,
-                    offset,
-                    ts,
-                    0,
-                    headers,
-                    key,
-                    value,
-                    None,
-                    len(key) if key is not None else 0,
-                    len(value) if value is not None else 0,
-                    tp,
-                    None,
-                    None,
-                    None,
-                    generation_id,
-                )
+                message.generation_id = generation_id
                 handler = callback if lock_held() or lock._waiters else get_handler(tp) or callback
                 consumer._delivering = message
                 try:
@@ -222,7 +207,8 @@ class DeliveryLoop(faust_consumer.Consumer):
                 set_flag(faust_consumer.CONSUMER_FETCHING)
                 # As Faust: never loop on fetches without giving the loop a turn.
                 await sleep(0)
-                records, _active = await wait_next_records(1.0)
+                # Messages, not records (FetchingConsumer._getmany).
+                records, _active = await wait_next_records(1.0, True)
                 if records and not self.should_stop and self.flow_active:
                     generation_id = app.consumer_generation_id
                     # No await since the fetch checked the epochs: these are the fetch's.
@@ -270,9 +256,9 @@ class DeliveryLoop(faust_consumer.Consumer):
                             ):
                                 # A gap or a due commit before record i: Faust's step.
                                 num_since_yield += 1
-                                await deliver_one(
-                                    tp, to_message(tp, batch[i], generation_id), epoch
-                                )
+                                message = batch[i]
+                                message.generation_id = generation_id
+                                await deliver_one(tp, message, epoch)
                                 i += 1
                         if not self.flow_active or app.consumer_generation_id != generation_id:
                             break
