@@ -36,7 +36,10 @@ raw_xread
 
 Child rates are also given as CPU time of the worker process per message
 (``time.process_time`` between the first and last message), which other load on
-the machine disturbs less than wall-clock rates. With repeats, each phase
+the machine disturbs less than wall-clock rates, and the part of it spent in
+Python's garbage collector (``gc.callbacks``, same window): what a phase
+allocates and keeps alive per message decides how often the collector runs,
+and every full collection walks the whole heap of the worker. With repeats, each phase
 reports the median. The last line printed is
 ``transport: consume_msgs_per_s=<x> channel_msgs_per_s=<c> produce_msgs_per_s=<y>
 raw_xread_per_s=<z>``.
@@ -48,6 +51,7 @@ import argparse
 import asyncio
 import contextlib
 import cProfile
+import gc
 import json
 import os
 import pstats
@@ -175,12 +179,26 @@ def child_main(args: argparse.Namespace) -> None:
         source = app.channel(schema=schema)
     profiler = cProfile.Profile() if args.profile else None
     marks: dict[str, float] = {}
+    # Time in the garbage collector between the first and the last message.
+    collector = {"s": 0.0, "n": 0, "since": 0.0}
+
+    def on_gc(phase: str, info: dict[str, int]) -> None:
+        if "first" not in marks or "last" in marks:
+            return
+        if phase == "start":
+            collector["since"] = time.perf_counter()
+        elif collector["since"]:
+            collector["s"] += time.perf_counter() - collector["since"]
+            collector["n"] += 1
+
+    gc.callbacks.append(on_gc)
 
     def finish() -> None:
         if profiler is not None:
             profiler.disable()
             profiler.dump_stats(args.result + ".prof")
         tmp = args.result + ".tmp"
+        marks["gc_s"], marks["gc_n"] = collector["s"], collector["n"]
         Path(tmp).write_text(json.dumps({"n": n, **marks}))
         os.replace(tmp, args.result)
 
@@ -318,9 +336,10 @@ def run_child(
     workdir: Path,
     profile: bool,
     timeout: float,
-) -> tuple[float, float, str | None]:
+) -> tuple[float, float, str | None, float]:
     """Start a child worker, wait for its timing, terminate it; return (msgs/s, CPU
-    microseconds of the worker process per message, profile)."""
+    microseconds of the worker process per message, profile, microseconds of garbage
+    collection per message)."""
     result = workdir / f"{group}.json"
     log = workdir / f"{group}.log"
     cmd = [
@@ -372,8 +391,9 @@ def run_child(
     marks = json.loads(result.read_text())
     rate = (marks["n"] - 1) / (marks["last"] - marks["first"])
     cpu_us = (marks["cpu_last"] - marks["cpu_first"]) / (marks["n"] - 1) * 1e6
+    gc_us = marks.get("gc_s", 0.0) / (marks["n"] - 1) * 1e6
     prof = str(result) + ".prof"
-    return rate, cpu_us, prof if os.path.exists(prof) else None
+    return rate, cpu_us, prof if os.path.exists(prof) else None, gc_us
 
 
 def print_profile(path: str, label: str) -> None:
@@ -426,6 +446,7 @@ def main() -> None:
         "null": [],
     }
     cpu: dict[str, list[float]] = {"consume": [], "channel": [], "null": []}
+    gc_cost: dict[str, list[float]] = {"consume": [], "channel": [], "null": []}
     workdir = Path(tempfile.mkdtemp(prefix="bench-transport-"))
     print(
         f"redis {BROKER}: {n} messages of ~{sum(map(len, values)) // n} bytes, "
@@ -438,21 +459,25 @@ def main() -> None:
             rates["produce"].append(asyncio.run(produce(topic, values, parts)))
             rates["raw"].append(raw_xread(topic, n, parts))
             for mode in ("consume", "channel", "null"):
-                rate, cpu_us, _prof = run_child(
+                rate, cpu_us, _prof, gc_us = run_child(
                     mode, topic, f"bench-{mode}-{r}", n, parts, workdir, False, child_timeout
                 )
                 rates[mode].append(rate)
                 cpu[mode].append(cpu_us)
+                gc_cost[mode].append(gc_us)
             print(
                 f"run {r + 1}: "
                 + " ".join(f"{k}={v[-1]:,.0f}/s" for k, v in rates.items())
                 + " | CPU us/msg "
-                + " ".join(f"{k}={v[-1]:.1f}" for k, v in cpu.items()),
+                + " ".join(f"{k}={v[-1]:.1f}" for k, v in cpu.items())
+                + " (of it GC "
+                + " ".join(f"{k}={v[-1]:.1f}" for k, v in gc_cost.items())
+                + ")",
                 flush=True,
             )
         if args.profile:
             for mode in ("consume", "channel", "null"):
-                _rate, _cpu, prof = run_child(
+                _rate, _cpu, prof, _gc = run_child(
                     mode,
                     "bench-0",
                     f"bench-profile-{mode}",
@@ -477,6 +502,8 @@ def main() -> None:
         + ", ".join(
             f"{k} {cpu_med[k]:.1f} ({cpu_min[k]:.1f})" for k in ("consume", "channel", "null")
         )
+        + "; of it GC, median: "
+        + ", ".join(f"{k} {statistics.median(v):.1f}" for k, v in gc_cost.items())
         + f"; null_transport_msgs_per_s={med['null']} "
         f"(consume/null = {med['consume'] / med['null']:.2f})"
     )
