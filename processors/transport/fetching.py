@@ -202,11 +202,10 @@ class FetchingConsumer(PositionsConsumer):
         """Entries -> records (or messages, see ``_getmany``); dead-letters
         bad ones; advances the position.
 
-        Messages are made here, not from records later, for speed and for
-        the garbage collector: a tuple per entry that lives until the fetch
-        is delivered made a fetch allocate a third more tracked objects,
-        and so more collections (each also walks the messages buffered for
-        the agents)."""
+        Messages are made here, not from records later: it saves building
+        and unpacking a tuple per entry (~0.1 us). It does not change how
+        often the garbage collector runs (measured: the same number of
+        collections; tuples come from CPython's free list)."""
         out: list[Any] = []
         append = out.append
         topic, partition = tp
