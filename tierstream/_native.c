@@ -11,8 +11,9 @@
  *       (schemas/access.py, _ACCESS_TAIL).
  *   group(objs) -> (events, event_keys, attempt_keys, tier_us, total_us, queries, texts)
  *       twin of processors/aggregate/batch.py, _group_batch_py.
- *   heavy_add(entries, queries) -> accesses added
- *       twin of the per-key loop of HeavyHitters.add_grouped (heavy.py).
+ *   heavy_add(entries, queries) -> accesses added, heavy_texts(...), heavy_compact(...)
+ *       twins of HeavyHitters' per-key loops (add_grouped, _merge_texts,
+ *       _maybe_compact; processors/aggregate/heavy.py).
  *   scan(plan, value) -> None or a whole entry checked and grouped (see below).
  *   hist_record(counts, values, mask, shift, half_mag, half, exact, highest)
  *       -> (n, lo, hi, sum): twin of LatencyHistogram.record_us's Python loop
@@ -1657,6 +1658,94 @@ static PyObject *heavy_add(PyObject *self, PyObject *args) {
     return PyLong_FromLongLong(added);
 }
 
+/* heavy_texts(entries, mine, texts): for each fingerprint of `texts` that is
+   tracked in `entries`, keep the smaller text in `mine`. Twin of
+   HeavyHitters._merge_texts. */
+static PyObject *heavy_texts(PyObject *self, PyObject *args) {
+    PyObject *entries, *mine, *texts;
+    if (!PyArg_ParseTuple(args, "O!O!O!", &PyDict_Type, &entries, &PyDict_Type, &mine, &PyDict_Type,
+                          &texts))
+        return NULL;
+    Py_ssize_t pos = 0;
+    PyObject *fp, *text;
+    while (PyDict_Next(texts, &pos, &fp, &text)) {
+        int in = PyDict_Contains(entries, fp);
+        if (in < 0) return NULL;
+        if (!in) continue;
+        PyObject *cur = PyDict_GetItemWithError(mine, fp);
+        int lt = 1;
+        if (cur) {
+            lt = PyObject_RichCompareBool(text, cur, Py_LT);
+            if (lt < 0) return NULL;
+        } else if (PyErr_Occurred()) {
+            return NULL;
+        }
+        if (lt && PyDict_SetItem(mine, fp, text) < 0) return NULL;
+    }
+    Py_RETURN_NONE;
+}
+
+static int cmp_desc(const void *a, const void *b) {
+    long long x = *(const long long *)a, y = *(const long long *)b;
+    return x < y ? 1 : x > y ? -1 : 0;
+}
+
+/* heavy_compact(entries, texts, capacity) -> (entries, texts, cut): the
+   Misra-Gries step of HeavyHitters._maybe_compact (its twin), run when more
+   than 2 x capacity keys are tracked: cut = the (capacity+1)-th largest
+   counter; keys above it keep counter - cut (their lists changed in place),
+   the others are dropped (from texts too). */
+static PyObject *heavy_compact(PyObject *self, PyObject *args) {
+    PyObject *entries, *texts;
+    Py_ssize_t capacity;
+    if (!PyArg_ParseTuple(args, "O!O!n", &PyDict_Type, &entries, &PyDict_Type, &texts, &capacity))
+        return NULL;
+    Py_ssize_t m = PyDict_GET_SIZE(entries);
+    if (capacity < 1 || m <= capacity) {
+        PyErr_SetString(PyExc_ValueError, "heavy_compact needs more than capacity entries");
+        return NULL;
+    }
+    long long *g = PyMem_Malloc(m * sizeof(long long));
+    if (!g) return PyErr_NoMemory();
+    Py_ssize_t pos = 0, i = 0;
+    PyObject *fp, *e;
+    while (PyDict_Next(entries, &pos, &fp, &e)) {
+        if (!PyList_CheckExact(e) || PyList_GET_SIZE(e) != 2) {
+            PyMem_Free(g);
+            PyErr_SetString(PyExc_TypeError, "corrupt heavy-hitter entry");
+            return NULL;
+        }
+        g[i] = PyLong_AsLongLong(PyList_GET_ITEM(e, 0));
+        if (g[i] == -1 && PyErr_Occurred()) {
+            PyMem_Free(g);
+            return NULL;
+        }
+        i++;
+    }
+    qsort(g, m, sizeof(long long), cmp_desc);
+    long long cut = g[capacity];
+    PyMem_Free(g);
+    PyObject *kept = PyDict_New(), *kept_texts = PyDict_New();
+    if (!kept || !kept_texts) goto fail;
+    pos = 0;
+    while (PyDict_Next(entries, &pos, &fp, &e)) {
+        long long c = PyLong_AsLongLong(PyList_GET_ITEM(e, 0));
+        if (c <= cut) continue;
+        if (list_add(e, 0, -cut) < 0 || PyDict_SetItem(kept, fp, e) < 0) goto fail;
+    }
+    pos = 0;
+    PyObject *text;
+    while (PyDict_Next(texts, &pos, &fp, &text)) {
+        int in = PyDict_Contains(kept, fp);
+        if (in < 0 || (in && PyDict_SetItem(kept_texts, fp, text) < 0)) goto fail;
+    }
+    return Py_BuildValue("(NNL)", kept, kept_texts, cut);
+fail:
+    Py_XDECREF(kept);
+    Py_XDECREF(kept_texts);
+    return NULL;
+}
+
 static PyMethodDef methods[] = {
     {"compile_plan", compile_plan, METH_O, "Compile a record plan (schemas.fastcheck.native_plan)."},
     {"check_batch", check_batch, METH_VARARGS,
@@ -1664,6 +1753,10 @@ static PyMethodDef methods[] = {
     {"group", group, METH_O, "group(events) -> the parts of an aggregate Batch."},
     {"heavy_add", heavy_add, METH_VARARGS,
      "heavy_add(entries, queries) -> accesses added (HeavyHitters.add_grouped's loop)."},
+    {"heavy_texts", heavy_texts, METH_VARARGS,
+     "heavy_texts(entries, mine, texts): HeavyHitters._merge_texts."},
+    {"heavy_compact", heavy_compact, METH_VARARGS,
+     "heavy_compact(entries, texts, capacity) -> (entries, texts, cut): the Misra-Gries step."},
     {"scan", scan, METH_VARARGS,
      "scan(plan, value) -> None (take the reference path) or the grouped entry."},
     {"hist_record", hist_record, METH_VARARGS,

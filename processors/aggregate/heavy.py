@@ -117,6 +117,13 @@ class HeavyHitters:
         self._maybe_compact()
 
     def _merge_texts(self, texts: Mapping[str, str]) -> None:
+        if _native is not None and type(texts) is dict:
+            _native.heavy_texts(self.entries, self.texts, texts)
+            return
+        self._merge_texts_py(texts)
+
+    def _merge_texts_py(self, texts: Mapping[str, str]) -> None:
+        """The smaller sample text per tracked fingerprint (twin of ``heavy_texts``)."""
         mine, entries = self.texts, self.entries
         for fp, text in texts.items():
             if fp in entries:
@@ -127,6 +134,16 @@ class HeavyHitters:
     def _maybe_compact(self) -> None:
         if len(self.entries) <= 2 * self.capacity:
             return
+        if _native is not None:
+            self.entries, self.texts, cut = _native.heavy_compact(
+                self.entries, self.texts, self.capacity
+            )
+            self.decrement += cut
+            return
+        self._compact_py()
+
+    def _compact_py(self) -> None:
+        """The Misra-Gries step (see the module docstring; twin of ``heavy_compact``)."""
         counters = sorted((e[0] for e in self.entries.values()), reverse=True)
         cut = counters[self.capacity]
         self.decrement += cut

@@ -330,6 +330,18 @@ def test_native_heavy_add_equals_the_python_twin() -> None:
         nb = b._add_queries_py(batch.queries)
         assert na == nb == sum(c for c, _ in batch.queries.values())
         assert a.entries == b.entries
+    # whole adds, with compactions (capacity 16) and texts, against the twins
+    c, py = HeavyHitters(16), HeavyHitters(16)
+    for seed in range(8):
+        batch = group_batch_py(make_events(400, seed=seed, n_queries=300))
+        c.add_grouped(batch)
+        py.n += py._add_queries_py(batch.queries)
+        py._merge_texts_py(batch.texts)
+        if len(py.entries) > 2 * py.capacity:
+            py._compact_py()
+        assert (c.entries, c.texts, c.decrement, c.n) == (py.entries, py.texts, py.decrement, py.n)
+        assert list(c.entries) == list(py.entries) and list(c.texts) == list(py.texts)
+    assert c.decrement > 0 and c.texts
     # the batch's own lists are never changed (entries hold copies)
     batch = group_batch_py(make_events(50, seed=1))
     before = copy.deepcopy(batch.queries)
