@@ -278,6 +278,7 @@ def run_raw(n: int) -> float:
     hist = HdrHistogram(1, 3_600_000_000, 3)
     seen = 0
     t0 = time.perf_counter()
+    cpu0 = time.process_time()
     while seen < n:
         resp = r.xread(ids, count=1000)
         if not resp:
@@ -290,6 +291,8 @@ def run_raw(n: int) -> float:
                     hist.record_value(int(ev["total_latency_ms"] * 1000 + 0.5))
                     seen += 1
     dt = time.perf_counter() - t0
+    cpu = time.process_time() - cpu0
+    print(f"raw loop CPU {cpu:.2f} s in {dt:.2f} s: {n / cpu:,.0f} events per CPU s")
     if seen != n:
         raise SystemExit(f"raw loop read {seen} events, expected {n}")
     return dt
