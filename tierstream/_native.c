@@ -1579,6 +1579,17 @@ done:
 
 /* ---- heavy_add: the per-key loop of HeavyHitters.add_grouped ------------------ */
 
+/* A new list [a, b]. */
+static PyObject *pair(PyObject *a, PyObject *b) {
+    PyObject *l = PyList_New(2);
+    if (!l) return NULL;
+    Py_INCREF(a);
+    PyList_SET_ITEM(l, 0, a);
+    Py_INCREF(b);
+    PyList_SET_ITEM(l, 1, b);
+    return l;
+}
+
 /* heavy_add(entries, queries) -> accesses added. entries: fingerprint ->
    [g, {served: [count, us]}] (updated in place); queries: (fingerprint, served)
    -> [count, us], as a Batch holds them. Twin of the loop in
@@ -1599,30 +1610,20 @@ static PyObject *heavy_add(PyObject *self, PyObject *args) {
         PyObject *fp = PyTuple_GET_ITEM(key, 0), *served = PyTuple_GET_ITEM(key, 1);
         long long c = PyLong_AsLongLong(PyList_GET_ITEM(val, 0));
         if (c == -1 && PyErr_Occurred()) return NULL;
-        PyObject *us = PyList_GET_ITEM(val, 1);
+        PyObject *cnt = PyList_GET_ITEM(val, 0), *us = PyList_GET_ITEM(val, 1);
         added += c;
         PyObject *e = PyDict_GetItemWithError(entries, fp);
         if (!e) {
             if (PyErr_Occurred()) return NULL;
-            PyObject *tiers = PyDict_New(), *tv = PyList_New(2), *entry = PyList_New(2);
-            if (!tiers || !tv || !entry) {
-                Py_XDECREF(tiers);
-                Py_XDECREF(tv);
-                Py_XDECREF(entry);
-                return NULL;
-            }
-            PyObject *cnt = PyList_GET_ITEM(val, 0);
-            Py_INCREF(cnt);
-            PyList_SET_ITEM(tv, 0, cnt);
-            Py_INCREF(us);
-            PyList_SET_ITEM(tv, 1, us);
-            int rc = PyDict_SetItem(tiers, served, tv);
-            Py_DECREF(tv);
-            Py_INCREF(cnt);
-            PyList_SET_ITEM(entry, 0, cnt);
-            PyList_SET_ITEM(entry, 1, tiers); /* steals tiers */
-            if (rc == 0) rc = PyDict_SetItem(entries, fp, entry);
-            Py_DECREF(entry);
+            PyObject *tiers = PyDict_New();
+            if (!tiers) return NULL;
+            PyObject *tv = pair(cnt, us);
+            int rc = tv ? PyDict_SetItem(tiers, served, tv) : -1;
+            Py_XDECREF(tv);
+            PyObject *entry = rc == 0 ? pair(cnt, tiers) : NULL;
+            Py_DECREF(tiers);
+            rc = entry ? PyDict_SetItem(entries, fp, entry) : -1;
+            Py_XDECREF(entry);
             if (rc < 0) return NULL;
             continue;
         }
@@ -1635,15 +1636,9 @@ static PyObject *heavy_add(PyObject *self, PyObject *args) {
         PyObject *t = PyDict_GetItemWithError(tiers, served);
         if (!t) {
             if (PyErr_Occurred()) return NULL;
-            PyObject *tv = PyList_New(2);
-            if (!tv) return NULL;
-            PyObject *cnt = PyList_GET_ITEM(val, 0);
-            Py_INCREF(cnt);
-            PyList_SET_ITEM(tv, 0, cnt);
-            Py_INCREF(us);
-            PyList_SET_ITEM(tv, 1, us);
-            int rc = PyDict_SetItem(tiers, served, tv);
-            Py_DECREF(tv);
+            PyObject *tv = pair(cnt, us);
+            int rc = tv ? PyDict_SetItem(tiers, served, tv) : -1;
+            Py_XDECREF(tv);
             if (rc < 0) return NULL;
             continue;
         }
