@@ -120,9 +120,9 @@ def feed_entry(
         r = _native.scan(NATIVE_PLAN, value)
         if r is not None:
             n, lo, hi, ev_keys, att_keys, tier_us, total_us, queries, texts = r
-            ahead = n and produced_at is not None and max_ahead_s is not None
             inside = keep is None or not n or (keep[0] <= lo and hi < keep[1])
-            if inside and not (ahead and hi > produced_at + max_ahead_s):  # type: ignore[operator]
+            near = produced_at is None or max_ahead_s is None or hi <= produced_at + max_ahead_s
+            if inside and (near or not n):
                 batch = Batch(
                     n, Counter(ev_keys), Counter(att_keys), tier_us, total_us, queries, texts
                 )

@@ -317,3 +317,32 @@ def test_native_heavy_add_equals_the_python_twin() -> None:
     ext.heavy_add(a.entries, batch.queries)
     ext.heavy_add(a.entries, batch.queries)
     assert batch.queries == before
+
+
+@pytest.mark.parametrize("native_on", [True, False])
+def test_feed_entry_gives_the_same_result_on_both_paths(
+    native_on: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Far-future entries are dead-lettered and replay's time range is applied,
+    whether the scan or the reference path takes the entry."""
+    import orjson
+    from tierstream.processors.pipeline import decode
+    from tierstream.processors.pipeline.config import PipelineConfig
+    from tierstream.processors.pipeline.partition import PartitionWindows
+
+    if not native_on:
+        monkeypatch.setattr(decode, "NATIVE_PLAN", None)
+    evs = make_events(20, seed=3)
+    t0 = 1_700_000_040.0  # a window start: all 20 events in one window
+    for i, ev in enumerate(evs):
+        ev["ts"] = t0 + i
+    value = orjson.dumps(evs)
+    pw = PartitionWindows(0, PipelineConfig())
+    _, bad, n = decode.feed_entry(pw, 0, value, t0 - 1000, 300)
+    assert n == 0 and len(bad) == 20 and all("ahead of its entry" in b.reason for b in bad)
+    _, bad, n = decode.feed_entry(pw, 1, value, t0 + 60, 300)
+    assert n == 20 and not bad and pw.windows[int(t0 // 60) * 60].events == 20
+    _, bad, n = decode.feed_entry(pw, 2, value, None, None, keep=(t0, t0 + 10))
+    assert n == 10 and not bad and pw.windows[int(t0 // 60) * 60].events == 30
+    _, bad, n = decode.feed_entry(pw, 3, value, None, None, keep=(t0 - 5, t0 + 100))
+    assert n == 20 and not bad and pw.windows[int(t0 // 60) * 60].events == 50
