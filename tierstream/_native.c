@@ -686,7 +686,7 @@ fail:
  * group() groups (latencies as array('q') instead of lists of ints). No
  * per-event dict is built. It answers None - "take the reference path"
  * (orjson.loads, check_batch, group) - for anything it does not vouch for: an
- * invalid event, a duplicate key, a \u escape of a surrogate, a number it does
+ * invalid event, a duplicate key, a \u escape of a lone surrogate, a number it does
  * not parse exactly as orjson would (over 18 digits, non-finite), a value that
  * is not an array of objects or one object, more than SCAN_MAX_TIERS distinct
  * tier names. So a value it accepts is one the reference path accepts whole,
@@ -830,7 +830,25 @@ static int scan_string(Cur *c, Span *out, Py_ssize_t *cps) {
                     if (h < 0) return 1;
                     cp = cp * 16 + h;
                 }
-                if (cp >= 0xD800 && cp <= 0xDFFF) return 1; /* surrogates: not vouched for */
+                if (cp >= 0xDC00 && cp <= 0xDFFF) return 1; /* a lone low surrogate */
+                if (cp >= 0xD800 && cp <= 0xDBFF) {
+                    /* a high surrogate: valid only with a low one as the next escape */
+                    int lo = 0;
+                    if (q + 10 >= p + 1 || q[5] != '\\' || q[6] != 'u') return 1;
+                    for (int k = 7; k <= 10; k++) {
+                        int h = hexval(q[k]);
+                        if (h < 0) return 1;
+                        lo = lo * 16 + h;
+                    }
+                    if (lo < 0xDC00 || lo > 0xDFFF) return 1;
+                    cp = 0x10000 + ((cp - 0xD800) << 10) + (lo - 0xDC00);
+                    *w++ = (char)(0xF0 | (cp >> 18));
+                    *w++ = (char)(0x80 | ((cp >> 12) & 0x3F));
+                    *w++ = (char)(0x80 | ((cp >> 6) & 0x3F));
+                    *w++ = (char)(0x80 | (cp & 0x3F));
+                    q += 10;
+                    break;
+                }
                 if (cp < 0x80) {
                     *w++ = (char)cp;
                 } else if (cp < 0x800) {

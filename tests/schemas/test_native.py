@@ -180,6 +180,13 @@ def test_scan_of_valid_entries_equals_the_reference_path(seed: int) -> None:
             got, want = _scan(value), _reference_entry(value)
             assert got is not None and want is not None
             assert got == want
+    # what Python's json module writes by default: every non-ASCII character as
+    # a \u escape, emoji as surrogate pairs
+    for chunk in range(0, 600, 200):
+        value = json.dumps(events[chunk : chunk + 200]).encode()
+        assert b"\\ud83d\\ude00" in value or chunk
+        got, want = _scan(value), _reference_entry(value)
+        assert got is not None and got == want
     one = orjson.dumps(events[0])
     assert _scan(one) == _reference_entry(one)
     assert _scan(b"[]") == (0, 0.0, 0.0, group_batch_py([]))
@@ -205,6 +212,10 @@ def test_scan_vouches_only_for_entries_the_reference_accepts_whole() -> None:
     values += [
         raw.replace(b'"ts":', b'"ts":1.0e9,"ts":', 1),
         raw.replace(b'"agent_id":"', b'"agent_id":"\\ud83d\\ude00', 1),
+        raw.replace(b'"agent_id":"', b'"agent_id":"\\ud83d', 1),
+        raw.replace(b'"agent_id":"', b'"agent_id":"\\ude00', 1),
+        raw.replace(b'"agent_id":"', b'"agent_id":"\\ud83d\\u0041', 1),
+        raw.replace(b'"agent_id":"', b'"agent_id":"\\ud83d\\ud83d', 1),
         raw.replace(b'"agent_id":"', b'"agent_id":"\\u00e9', 1),
         raw.replace(b'"agent_id":"', b'"agent_id":"\xc3', 1),
         raw.replace(b'"agent_id":"', b'"agent_id":"\xed\xa0\x80', 1),
