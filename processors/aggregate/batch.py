@@ -52,11 +52,24 @@ class Batch:
     texts: dict[str, str] = field(default_factory=dict)
 
 
+def native_batch(
+    n: int,
+    ev_keys: dict[EventKey, int],
+    att_keys: dict[AttemptKey, int],
+    tier_us: dict[str, Any],
+    total_us: Any,
+    queries: dict[QueryKey, list[int]],
+    texts: dict[str, str],
+) -> Batch:
+    """The :class:`Batch` of the parts ``_native.group`` and ``_native.scan`` return
+    (their key counts are plain dicts; latencies may be ``array('q')``)."""
+    return Batch(n, Counter(ev_keys), Counter(att_keys), tier_us, total_us, queries, texts)
+
+
 def group_batch(events: Iterable[Mapping[str, Any]]) -> Batch:
     """Reduce validated events (see ``schemas/access.py``) to a :class:`Batch`."""
     if _native is not None and type(events) is list:
-        n, ev_keys, att_keys, tier_us, total_us, queries, texts = _native.group(events)
-        return Batch(n, Counter(ev_keys), Counter(att_keys), tier_us, total_us, queries, texts)
+        return native_batch(*_native.group(events))
     return group_batch_py(events)
 
 

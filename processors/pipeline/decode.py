@@ -32,7 +32,6 @@ cost; valid events are returned as decoded (no copies).
 
 from __future__ import annotations
 
-from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
@@ -42,7 +41,7 @@ from ...native import ext as _native
 from ...schemas.access import NATIVE_PLAN, check_access_batch
 from ...schemas.errors import TierstreamError
 from ...schemas.wire import decode_events
-from ..aggregate.batch import Batch
+from ..aggregate.batch import native_batch
 from .partition import Partial, PartitionWindows
 
 
@@ -119,13 +118,11 @@ def feed_entry(
         assert _native is not None
         r = _native.scan(NATIVE_PLAN, value)
         if r is not None:
-            n, lo, hi, ev_keys, att_keys, tier_us, total_us, queries, texts = r
+            n, lo, hi, *parts = r
             inside = keep is None or not n or (keep[0] <= lo and hi < keep[1])
             near = produced_at is None or max_ahead_s is None or hi <= produced_at + max_ahead_s
             if inside and (near or not n):
-                batch = Batch(
-                    n, Counter(ev_keys), Counter(att_keys), tier_us, total_us, queries, texts
-                )
+                batch = native_batch(n, *parts)
                 out = pw.add_grouped(offset, n, lo, hi, batch)
                 if out is not None:
                     return out, [], n
