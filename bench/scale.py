@@ -38,7 +38,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -52,39 +51,18 @@ import orjson
 import redis
 from tierstream.processors.transport import compaction
 
+from tierstream.demo_worker import spawn_redis_server
+
 HERE = Path(__file__).resolve().parent
 FAUST = str(Path(sys.executable).with_name("faust"))
 PARTITIONS = 8
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def start_redis(workdir: Path) -> tuple[subprocess.Popen[bytes], int]:
     binary = shutil.which("redis-server")
     if binary is None:
         sys.exit("redis-server is not installed")
-    port = free_port()
-    proc = subprocess.Popen(
-        [
-            binary,
-            "--port",
-            str(port),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            "--dir",
-            str(workdir),
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    proc, port = spawn_redis_server(binary, workdir)
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
         try:

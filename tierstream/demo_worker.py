@@ -84,6 +84,19 @@ async def start_from_now(client: aioredis.Redis, app_id: str, partitions: int) -
         await client.hset(names.commits_key(app_id), mapping=commits)  # type: ignore[arg-type]
 
 
+def spawn_redis_server(binary: str, workdir: str | Path) -> tuple[subprocess.Popen[bytes], int]:
+    """A redis-server on a free local port that keeps nothing on disk, and its
+    port; it is started, not waited for (the caller pings it)."""
+    port = free_port()
+    args = ["--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
+    proc = subprocess.Popen(
+        [binary, *args, "--dir", str(workdir)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    return proc, port
+
+
 @contextlib.asynccontextmanager
 async def redis_for_demo(url: str) -> AsyncIterator[str]:
     """``url`` if a Redis answers there, else a private redis-server for the demo's lifetime."""
@@ -102,26 +115,9 @@ async def redis_for_demo(url: str) -> AsyncIterator[str]:
             f"no Redis answers at {url} and no redis-server binary is installed: "
             "start Redis >= 7.0 or set TIERSTREAM_REDIS_URL"
         )
-    port = free_port()
     workdir = tempfile.mkdtemp(prefix="tierstream-redis-")
     # Popen returns at once; the server runs beside the demo until the finally below.
-    proc = subprocess.Popen(  # noqa: ASYNC220
-        [
-            binary,
-            "--port",
-            str(port),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            "--dir",
-            workdir,
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    proc, port = spawn_redis_server(binary, workdir)
     private = f"redis://127.0.0.1:{port}/0"
     say(f"no Redis at {url}: started a private redis-server at {private}")
     try:
