@@ -3,10 +3,10 @@
 - commit offsets: the consumer's ``_new_offset`` (a shortcut for in-order acks)
   against Faust's ``Consumer._new_offset`` on the same ack bookkeeping;
 - parsing: offsets of entries read in one fetch, with and without holes
-  (``XDEL``) in the ids (dense ids are not parsed one by one);
-- delivery: a worker (``apps.seek``) whose stream buffer is small (deliveries
-  wait), with holes in the streams and a commit every 50 acks, receives every
-  entry once, in order, and commits up to the highwater.
+  (``XDEL``) in the ids (dense ids are not parsed one by one).
+
+The delivery loop's worker test (holes, waiting deliveries, frequent commits)
+is in ``test_transport_seek.py``, beside the other ``apps.seek`` workers.
 """
 
 from __future__ import annotations
@@ -14,13 +14,12 @@ from __future__ import annotations
 import logging
 import random
 import sys
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
 import faust
 import pytest
-import redis
 import redis.asyncio as aioredis
 from faust.transport.consumer import Consumer as FaustConsumer
 from faust.types import TP
@@ -28,7 +27,6 @@ from tierstream.processors.transport import Consumer, Transport
 from tierstream.schemas import names
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import faustproc as fp
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -120,67 +118,3 @@ async def test_offsets_of_a_fetch_with_and_without_holes(
         assert [r[0] for r in records] == [o for o in truth if o >= position], position
         assert all(r[2] == b"%d" % r[0] for r in records)
         assert await consumer.position(tp) == 299  # after the last entry read
-
-
-TOPIC = "nums"
-PARTITIONS = 2
-
-
-@pytest.fixture
-def rdb(redis_url: str) -> Iterator[redis.Redis]:
-    client = redis.Redis.from_url(redis_url)
-    yield client
-    client.close()
-
-
-@pytest.fixture
-def start_worker(redis_url: str, tmp_path: Path) -> Iterator[Callable[..., fp.FaustWorker]]:
-    started: list[fp.FaustWorker] = []
-
-    def start(app_id: str, **knobs: str | float | int) -> fp.FaustWorker:
-        env = fp.app_env(redis_url, app_id, PARTITIONS=PARTITIONS, **knobs)
-        worker = fp.FaustWorker("apps.seek", env, tmp_path, f"{app_id}-{len(started)}")
-        started.append(worker)
-        return worker.start()
-
-    yield start
-    for worker in started:
-        worker.stop(timeout=5)
-    for worker in started:
-        print(worker.describe(80))
-
-
-def test_every_entry_once_in_order_with_holes_waiting_deliveries_and_frequent_commits(
-    rdb: redis.Redis, start_worker: Callable[..., fp.FaustWorker]
-) -> None:
-    counts = {0: 3000, 1: 1200}
-    for p, count in counts.items():
-        fp.xadd_messages(
-            rdb,
-            TOPIC,
-            PARTITIONS,
-            ((None, b"%d" % i, None) for i in range(count)),
-            keyless_partition=lambda i, p=p: p,
-        )
-    # Holes at the start, across the 100-message delivery runs, in runs.
-    holes = {0: [0, 1, 99, 100, 101, 500, 1234, 1235, 2998], 1: [250, 251, 252, 253, 999]}
-    for p, offsets in holes.items():
-        rdb.xdel(names.stream_key(TOPIC, p), *[f"0-{o + 1}" for o in offsets])
-    worker = start_worker("fast", BUFFER=64, SLOW_EVERY=20, BROKER_COMMIT_EVERY=50)
-    expected = {p: [o for o in range(n) if o not in holes[p]] for p, n in counts.items()}
-
-    def enough() -> bool:
-        seen = (worker.state() or {}).get("seen", {})
-        return all(len(seen.get(str(p), ())) >= len(offs) for p, offs in expected.items())
-
-    fp.wait_for(enough, 40, "all entries seen", [worker])
-
-    def settled() -> bool:
-        state = worker.state() or {}
-        hw = fp.highwaters(rdb, TOPIC, PARTITIONS)
-        return fp.committed(rdb, "fast", TOPIC, PARTITIONS) == hw and state.get("unacked") == 0
-
-    fp.wait_for(settled, 20, "commits at the highwater, nothing unacked", [worker])
-    seen = (worker.state() or {})["seen"]
-    for p, offsets in expected.items():
-        assert seen[str(p)] == offsets, p

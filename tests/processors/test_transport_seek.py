@@ -5,7 +5,9 @@ What the windowed pipeline relies on: after ``seek(tp, o)`` every message the
 agent receives for ``tp`` is ``o, o+1, ...`` in order with no gap, also while
 fetches are in flight and buffers are full; and Faust's ack/commit bookkeeping
 survives going backwards (and forwards): commits still reach the highwater and
-no message stays unacknowledged.
+no message stays unacknowledged. Also the delivery loop's fast path: with a
+small stream buffer (deliveries wait), holes in the streams and a commit every
+50 acks, every entry arrives once, in order, and commits reach the highwater.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from typing import Any
 
 import pytest
 import redis
+from tierstream.schemas import names
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import faustproc as fp
@@ -181,3 +184,39 @@ def test_seek_back_from_outside_while_the_fetch_blocks(
     wait_seen(again, {1: [600]})
     state = again.state() or {}
     assert "0" not in state["seen"], state["seen"].get("0", [])[:10]
+
+
+def test_every_entry_once_in_order_with_holes_waiting_deliveries_and_frequent_commits(
+    rdb: redis.Redis, start_worker: Callable[..., fp.FaustWorker]
+) -> None:
+    counts = {0: 3000, 1: 1200}
+    for p, count in counts.items():
+        fp.xadd_messages(
+            rdb,
+            TOPIC,
+            PARTITIONS,
+            ((None, b"%d" % i, None) for i in range(count)),
+            keyless_partition=lambda i, p=p: p,
+        )
+    # Holes at the start, across the 100-message delivery runs, in runs.
+    holes = {0: [0, 1, 99, 100, 101, 500, 1234, 1235, 2998], 1: [250, 251, 252, 253, 999]}
+    for p, offsets in holes.items():
+        rdb.xdel(names.stream_key(TOPIC, p), *[f"0-{o + 1}" for o in offsets])
+    worker = start_worker("fast", BUFFER=64, SLOW_EVERY=20, BROKER_COMMIT_EVERY=50)
+    expected = {p: [o for o in range(n) if o not in holes[p]] for p, n in counts.items()}
+
+    def enough() -> bool:
+        seen = (worker.state() or {}).get("seen", {})
+        return all(len(seen.get(str(p), ())) >= len(offs) for p, offs in expected.items())
+
+    fp.wait_for(enough, 40, "all entries seen", [worker])
+
+    def settled() -> bool:
+        state = worker.state() or {}
+        hw = fp.highwaters(rdb, TOPIC, PARTITIONS)
+        return fp.committed(rdb, "fast", TOPIC, PARTITIONS) == hw and state.get("unacked") == 0
+
+    fp.wait_for(settled, 20, "commits at the highwater, nothing unacked", [worker])
+    seen = (worker.state() or {})["seen"]
+    for p, offsets in expected.items():
+        assert seen[str(p)] == offsets, p
