@@ -162,13 +162,13 @@ class PartitionWindows:
         if not events:
             return []
         base = self.base_s
-        ct = self.closed_through
-        first_ct = self._ct_at(offset)
         tss = [ev["ts"] for ev in events]
         lo, hi = min(tss), max(tss)
         lo_start = int(lo // base) * base
         if lo_start == int(hi // base) * base:  # the usual case: one window
             return self._add_one_window(offset, len(events), hi, lo_start, events)
+        ct = self.closed_through
+        first_ct = self._ct_at(offset)
         late = 0
         groups: dict[int, list[Mapping[str, Any]]] = {}
         for ev, ts in zip(events, tss, strict=True):
