@@ -38,11 +38,13 @@ off). So:
   Faust's start leave the collector's view (a full collection of them took
   70 ms; after the freeze it is free);
 - a young collection every :data:`GC_YOUNG_EVERY_S` and a full one every
-  :data:`GC_FULL_EVERY` of those. Needed because some garbage *is* cyclic:
-  every ``HdrHistogram`` (a 188 KB counts array; made per decoded partial
-  and per summary) sits in a reference cycle inside hdrh, and with the high
+  :data:`GC_FULL_EVERY` of those, for whatever garbage is cyclic. They were
+  added for ``HdrHistogram`` (a 188 KB counts array; made per decoded partial
+  and per summary), which sat in a reference cycle inside hdrh: with the high
   threshold alone nothing collected them (worker peak RSS 430 MB instead of
-  170 MB on 200,000 events).
+  170 MB on 200,000 events). ``processors/aggregate/latency.py`` now breaks
+  that cycle, so histograms are freed by reference counting; whether the
+  periodic collections are still needed has not been measured.
 
 Web views (JSON): ``/tierstream/windows/current`` (base windows not merged
 yet, with the partials so far, and each partition's open windows),
