@@ -37,10 +37,10 @@ raw_xread
 Child rates are also given as CPU time of the worker process per message
 (``time.process_time`` between the first and last message), which other load on
 the machine disturbs less than wall-clock rates, and the part of it spent in
-Python's garbage collector (``gc.callbacks``, same window): what a phase
-allocates and keeps alive per message decides how often the collector runs,
-and every full collection walks the whole heap of the worker. With repeats, each phase
-reports the median. The last line printed is
+Python's garbage collector (``gc.callbacks``, same window), and of that the
+part in full collections: what a phase allocates and keeps alive per message
+decides how often the collector runs, and every full collection walks the
+whole heap of the worker. With repeats, each phase reports the median. The last line printed is
 ``transport: consume_msgs_per_s=<x> channel_msgs_per_s=<c> produce_msgs_per_s=<y>
 raw_xread_per_s=<z>``.
 """
@@ -181,6 +181,8 @@ def child_main(args: argparse.Namespace) -> None:
     marks: dict[str, float] = {}
     # Time in the garbage collector between the first and the last message.
     collector = {"s": 0.0, "n": 0, "since": 0.0}
+    # the same per generation: [collections, seconds] of generations 0, 1, 2
+    per_generation = [[0, 0.0], [0, 0.0], [0, 0.0]]
 
     def on_gc(phase: str, info: dict[str, int]) -> None:
         if "first" not in marks or "last" in marks:
@@ -188,8 +190,11 @@ def child_main(args: argparse.Namespace) -> None:
         if phase == "start":
             collector["since"] = time.perf_counter()
         elif collector["since"]:
-            collector["s"] += time.perf_counter() - collector["since"]
+            spent = time.perf_counter() - collector["since"]
+            collector["s"] += spent
             collector["n"] += 1
+            per_generation[info["generation"]][0] += 1
+            per_generation[info["generation"]][1] += spent
 
     gc.callbacks.append(on_gc)
 
@@ -199,6 +204,7 @@ def child_main(args: argparse.Namespace) -> None:
             profiler.dump_stats(args.result + ".prof")
         tmp = args.result + ".tmp"
         marks["gc_s"], marks["gc_n"] = collector["s"], collector["n"]
+        marks["gc_generations"] = per_generation  # type: ignore[assignment]
         Path(tmp).write_text(json.dumps({"n": n, **marks}))
         os.replace(tmp, args.result)
 
@@ -336,10 +342,10 @@ def run_child(
     workdir: Path,
     profile: bool,
     timeout: float,
-) -> tuple[float, float, str | None, float]:
+) -> tuple[float, float, str | None, float, float]:
     """Start a child worker, wait for its timing, terminate it; return (msgs/s, CPU
     microseconds of the worker process per message, profile, microseconds of garbage
-    collection per message)."""
+    collection per message, of it in full collections)."""
     result = workdir / f"{group}.json"
     log = workdir / f"{group}.log"
     cmd = [
@@ -392,8 +398,10 @@ def run_child(
     rate = (marks["n"] - 1) / (marks["last"] - marks["first"])
     cpu_us = (marks["cpu_last"] - marks["cpu_first"]) / (marks["n"] - 1) * 1e6
     gc_us = marks.get("gc_s", 0.0) / (marks["n"] - 1) * 1e6
+    full = marks.get("gc_generations", [[0, 0.0]] * 3)[2]
+    full_us = full[1] / (marks["n"] - 1) * 1e6
     prof = str(result) + ".prof"
-    return rate, cpu_us, prof if os.path.exists(prof) else None, gc_us
+    return rate, cpu_us, prof if os.path.exists(prof) else None, gc_us, full_us
 
 
 def print_profile(path: str, label: str) -> None:
@@ -447,6 +455,7 @@ def main() -> None:
     }
     cpu: dict[str, list[float]] = {"consume": [], "channel": [], "null": []}
     gc_cost: dict[str, list[float]] = {"consume": [], "channel": [], "null": []}
+    gc_full: dict[str, list[float]] = {"consume": [], "channel": [], "null": []}
     workdir = Path(tempfile.mkdtemp(prefix="bench-transport-"))
     print(
         f"redis {BROKER}: {n} messages of ~{sum(map(len, values)) // n} bytes, "
@@ -459,12 +468,13 @@ def main() -> None:
             rates["produce"].append(asyncio.run(produce(topic, values, parts)))
             rates["raw"].append(raw_xread(topic, n, parts))
             for mode in ("consume", "channel", "null"):
-                rate, cpu_us, _prof, gc_us = run_child(
+                rate, cpu_us, _prof, gc_us, full_us = run_child(
                     mode, topic, f"bench-{mode}-{r}", n, parts, workdir, False, child_timeout
                 )
                 rates[mode].append(rate)
                 cpu[mode].append(cpu_us)
                 gc_cost[mode].append(gc_us)
+                gc_full[mode].append(full_us)
             print(
                 f"run {r + 1}: "
                 + " ".join(f"{k}={v[-1]:,.0f}/s" for k, v in rates.items())
@@ -477,7 +487,7 @@ def main() -> None:
             )
         if args.profile:
             for mode in ("consume", "channel", "null"):
-                _rate, _cpu, prof, _gc = run_child(
+                _rate, _cpu, prof, _gc, _full = run_child(
                     mode,
                     "bench-0",
                     f"bench-profile-{mode}",
@@ -504,6 +514,9 @@ def main() -> None:
         )
         + "; of it GC, median: "
         + ", ".join(f"{k} {statistics.median(v):.1f}" for k, v in gc_cost.items())
+        + " (full collections: "
+        + ", ".join(f"{k} {statistics.median(v):.1f}" for k, v in gc_full.items())
+        + ")"
         + f"; null_transport_msgs_per_s={med['null']} "
         f"(consume/null = {med['consume'] / med['null']:.2f})"
     )
