@@ -1,8 +1,10 @@
 """Fetching and parsing for the redis:// consumer.
 
 Responsible for: reading the assigned (active) partitions with one
-``XREAD COUNT n BLOCK ms STREAMS k... id...`` (no Redis consumer groups:
-Faust assigns partitions itself), turning entries into records and Faust
+``XREAD COUNT n STREAMS k... id...`` (no Redis consumer groups: Faust
+assigns partitions itself), run by a script that returns the reply flat
+(:data:`READ_SCRIPT`), then, if nothing was there, a blocking
+``XREAD ... BLOCK ms``; turning entries into records and Faust
 messages, dead-lettering entries that are not in the wire format
 (:mod:`.deadletter`; their offsets are acknowledged so commits move on), and
 advancing the read positions kept by :mod:`.positions`.
@@ -24,6 +26,7 @@ from typing import Any
 
 import orjson
 from faust.types import TP, ConsumerMessage, Message
+from redis.commands.core import AsyncScript
 
 from ...schemas import names
 from ...schemas.wire import HEADERS, KEY, TIMESTAMP, TOMBSTONE, VALUE
@@ -62,6 +65,63 @@ FIRST_FETCH_PER_STREAM = 10
 #: A parsed entry: (offset, key, value, timestamp seconds, headers).
 Record = tuple[int, bytes | None, bytes | None, float, list[tuple[str, bytes]] | None]
 
+#: ``XREAD COUNT ARGV[1] STREAMS KEYS... ARGV[2]...`` (never blocks), its reply
+#: flat: for each stream with entries ``key, n, span, last id``, then for each
+#: of its ``n`` entries ``id, number of fields, field, value, ...`` (``span``:
+#: how many items follow the last id). XREAD's own reply is two lists per
+#: entry, which the client builds and Python's garbage collector counts: a
+#: fetch of 1000 entries set off ~3.7 young collections, each of which moved
+#: the messages in flight on towards the old generation, and so full
+#: collections of the whole worker. Measured for 1000 entries of ~100 bytes:
+#: client CPU 1.3 ms nested, 0.55 ms flat, and no collection; Redis' own time
+#: goes from ~1.5 to ~2.5 ms (on its own core).
+READ_SCRIPT = """
+local args = {'XREAD', 'COUNT', ARGV[1], 'STREAMS'}
+for i = 1, #KEYS do args[#args + 1] = KEYS[i] end
+for i = 2, #ARGV do args[#args + 1] = ARGV[i] end
+local reply = redis.call(unpack(args))
+local out, n = {}, 0
+if not reply then return out end
+for _, s in ipairs(reply) do
+  local entries = s[2]
+  if #entries > 0 then
+    local head = n
+    out[n + 1] = s[1]; out[n + 2] = #entries; out[n + 3] = 0; out[n + 4] = entries[#entries][1]
+    n = n + 4
+    for _, e in ipairs(entries) do
+      local f = e[2]
+      out[n + 1] = e[1]; out[n + 2] = #f
+      n = n + 2
+      for i = 1, #f do out[n + i] = f[i] end
+      n = n + #f
+    end
+    out[head + 3] = n - head - 4
+  end
+end
+return out
+"""
+
+#: Above this many streams in one read, plain XREAD (flattened here): Lua's
+#: ``unpack`` is limited to a few thousand values.
+SCRIPT_MAX_STREAMS = 1000
+
+
+def flatten(reply: Any) -> list[Any]:
+    """An ``XREAD`` reply (RESP3 map or RESP2 pairs) in the flat form of
+    :data:`READ_SCRIPT`."""
+    out: list[Any] = []
+    streams = reply.items() if isinstance(reply, dict) else reply
+    for stream, entries in streams:
+        if not entries:
+            continue
+        head = len(out)
+        out += (stream, len(entries), 0, entries[-1][0])
+        for entry_id, fields in entries:
+            out += (entry_id, len(fields))
+            out += fields
+        out[head + 2] = len(out) - head - 4
+    return out
+
 
 class FetchingConsumer(PositionsConsumer):
     """Faust consumer base: fetching and parsing (abstract).
@@ -76,6 +136,15 @@ class FetchingConsumer(PositionsConsumer):
     _entry_bytes: dict[TP, int]
     _fetch_backoff: Backoff
     _buffer_dropped: asyncio.Event
+    _read_script: AsyncScript | None = None
+
+    def _reader(self, client: Any) -> AsyncScript:
+        """:data:`READ_SCRIPT` on ``client`` (redis-py loads it again if Redis
+        lost it)."""
+        script = self._read_script
+        if script is None or script.registered_client is not client:
+            script = self._read_script = client.register_script(READ_SCRIPT)
+        return script
 
     def _key_of(self, tp: TP) -> bytes:
         key = self._stream_keys.get(tp)
@@ -116,11 +185,27 @@ class FetchingConsumer(PositionsConsumer):
         # would keep the paused ones waiting for the whole block time after
         # the buffer drained: read without blocking and wait for a drain.
         paused = bool(self._buffered_partitions)
-        block = () if paused else ("BLOCK", max(1, int(timeout * 1000)))
         try:
-            reply = await client.execute_command(
-                "XREAD", "COUNT", count, *block, "STREAMS", *keys, *ids
-            )
+            if len(keys) <= SCRIPT_MAX_STREAMS:
+                flat = await self._reader(client)(keys=keys, args=[count, *ids])
+            else:
+                flat = flatten(
+                    await client.execute_command("XREAD", "COUNT", count, "STREAMS", *keys, *ids)
+                )
+            if not flat and not paused:
+                flat = flatten(
+                    await client.execute_command(
+                        "XREAD",
+                        "COUNT",
+                        count,
+                        "BLOCK",
+                        max(1, int(timeout * 1000)),
+                        "STREAMS",
+                        *keys,
+                        *ids,
+                    )
+                    or ()
+                )
         except CONNECTION_ERRORS as exc:
             delay = self._fetch_backoff.next_delay()
             self.log.warning(
@@ -134,21 +219,23 @@ class FetchingConsumer(PositionsConsumer):
         if self._fetch_backoff.attempt:
             self.log.info("Fetching from Redis at %s again", self.transport.location.where)
             self._fetch_backoff.reset()
-        if not reply:
+        if not flat:
             if paused:
                 self._buffer_dropped.clear()
                 await self.wait_for_stopped_or(self._buffer_dropped, min(timeout, PAUSED_POLL))
             return {}
         records: dict[TP, list[Any]] = {}
         now = time.time()
-        # RESP3 (redis-py's default) gives a map; RESP2 a list of pairs.
-        streams = reply.items() if isinstance(reply, dict) else reply
-        for stream, entries in streams:
+        pos, end = 0, len(flat)
+        while pos < end:
+            stream, n, span, last_id = flat[pos : pos + 4]
+            start = pos + 4
+            pos = start + span
             tp = self._tp_of_key[stream]
             if epochs.get(tp) != started[tp]:
                 continue  # sought while we were reading: drop, re-read from the new position
             try:
-                out = await self._parse(tp, stream, entries, now, as_messages)
+                out = await self._parse(tp, stream, flat, start, n, last_id, now, as_messages)
             except CONNECTION_ERRORS as exc:
                 # Redis went away while dead-lettering. This stream's position
                 # did not move (it is re-read later); the streams parsed so far
@@ -197,10 +284,19 @@ class FetchingConsumer(PositionsConsumer):
                 return
 
     async def _parse(
-        self, tp: TP, stream: bytes, entries: list[Any], now: float, as_messages: bool = False
+        self,
+        tp: TP,
+        stream: bytes,
+        flat: list[Any],
+        i: int,
+        n: int,
+        last_id: bytes,
+        now: float,
+        as_messages: bool = False,
     ) -> list[Any]:
-        """Entries -> records (or messages, see ``_getmany``); dead-letters
-        bad ones; advances the position.
+        """The ``n`` entries of a stream at ``flat[i:]`` (:data:`READ_SCRIPT`'s
+        form) -> records (or messages, see ``_getmany``); dead-letters bad
+        ones; advances the position.
 
         Messages are made here, not from records later: it saves building
         and unpacking a tuple per entry (~0.1 us). It does not change how
@@ -217,8 +313,8 @@ class FetchingConsumer(PositionsConsumer):
         # id, or entries deleted in between) each id is parsed.
         offset = -1
         dense = False
-        if entries:
-            first_id, last_id = entries[0][0], entries[-1][0]
+        if n:
+            first_id = flat[i]
             if (
                 first_id[:2] == b"0-"
                 and last_id[:2] == b"0-"
@@ -226,8 +322,11 @@ class FetchingConsumer(PositionsConsumer):
                 and last_id[2:].isdigit()
             ):
                 offset = int(first_id[2:]) - 2
-                dense = int(last_id[2:]) - offset - 2 == len(entries) - 1
-        for entry_id, fields in entries:
+                dense = int(last_id[2:]) - offset - 2 == n - 1
+        for _ in range(n):
+            entry_id, nf = flat[i], flat[i + 1]
+            at = i + 2
+            i = at + nf
             if dense:
                 offset += 1
             else:
@@ -241,12 +340,11 @@ class FetchingConsumer(PositionsConsumer):
             # Fast path: the producer's own layout (producer.py), ``v <value>
             # k <key> t <ms>`` or ``v <value> t <ms>``; anything else (headers,
             # tombstones, other writers' fields, bad values) takes the general path.
-            n = len(fields)
-            if n == 6:
-                f_value, value, f_key, key, f_ts, ts_raw = fields
+            if nf == 6:
+                f_value, value, f_key, key, f_ts, ts_raw = flat[at:i]
                 fast = f_value == VALUE and f_key == KEY and f_ts == TIMESTAMP and ts_raw.isdigit()
-            elif n == 4:
-                f_value, value, f_ts, ts_raw = fields
+            elif nf == 4:
+                f_value, value, f_ts, ts_raw = flat[at:i]
                 key = None
                 fast = f_value == VALUE and f_ts == TIMESTAMP and ts_raw.isdigit()
             else:
@@ -273,6 +371,7 @@ class FetchingConsumer(PositionsConsumer):
                 else:
                     append((offset, key, value, ts, None))
                 continue
+            fields = flat[at:i]
             try:
                 d = dict(zip(fields[::2], fields[1::2], strict=True))
                 value = d.get(VALUE)
