@@ -19,7 +19,11 @@ Smaller savings, measured alone (best of 7 timeit runs): the loop walks the
 fetched records itself instead of an async generator (~0.2 us a message),
 and calls the conductor's per-partition handler directly while the
 conductor's index lock is free instead of ``Conductor.on_message``, which
-takes and releases that lock around the same lookup (~0.7 us a message).
+takes and releases that lock around the same lookup (~0.7 us a message);
+what only another task can change (a seek, the flow, the generation, the
+conductor's lock) is checked once per run of deliveries and again only
+after a delivery that waited, not around every message (the loop's own
+cost, 0.44 -> 0.31 us a message).
 
 Semantics are Faust's: a delivery that blocks is abandoned when the flow is
 suspended (rebalance) or the consumer stops.
@@ -34,7 +38,7 @@ from typing import Any
 from faust.transport import consumer as faust_consumer
 from faust.types import TP, Message
 
-from .eager import start_eagerly
+from .eager import resumed, start_eagerly
 
 
 class DeliveryLoop(faust_consumer.Consumer):
@@ -142,18 +146,30 @@ class DeliveryLoop(faust_consumer.Consumer):
             """Deliver ``batch[i:end]``; ``progress[0]`` is then the index of
             the first record not delivered: ``end``, unless the partition was
             sought, the flow suspended or the generation changed, or record
-            ``i`` follows a gap or a commit is due before it."""
+            ``i`` follows a gap or a commit is due before it.
+
+            Only another task can seek, suspend the flow, rebalance or take
+            the conductor's index lock, and no other task runs unless a
+            delivery waits: those are checked at the start and after a
+            delivery that waited (``resumed`` moved; this coroutine is only
+            run by ``start_eagerly``), not around every message."""
+            checked = -1
+            r_offset: int | None = None
+            handler: Any = callback
             while i < end:
-                if (
-                    get_epoch(tp) != epoch
-                    or not consumer.flow_active
-                    or app.consumer_generation_id != generation_id
-                ):
-                    progress[0] = i  # sought, suspended or rebalanced: re-read later
-                    return
+                if resumed[0] != checked:
+                    if (
+                        get_epoch(tp) != epoch
+                        or not consumer.flow_active
+                        or app.consumer_generation_id != generation_id
+                    ):
+                        progress[0] = i  # sought, suspended or rebalanced: re-read later
+                        return
+                    handler = handler_for(tp)
+                    r_offset = get_read_offset(tp)
+                    checked = resumed[0]
                 message = batch[i]
                 offset = message.offset
-                r_offset = get_read_offset(tp)
                 if r_offset is not None and offset < r_offset:
                     i += 1  # below the read offset (Faust drops it, too)
                     continue
@@ -163,7 +179,6 @@ class DeliveryLoop(faust_consumer.Consumer):
                     progress[0] = i  # a gap or a commit first: the loop does both
                     return
                 message.generation_id = generation_id
-                handler = callback if lock_held() or lock._waiters else get_handler(tp) or callback
                 consumer._delivering = message
                 try:
                     await handler(message)
@@ -171,12 +186,13 @@ class DeliveryLoop(faust_consumer.Consumer):
                     if consumer._delivering is message:
                         consumer._delivering = None
                 i += 1
-                if get_epoch(tp) != epoch:
+                if resumed[0] != checked and get_epoch(tp) != epoch:
                     # Sought while this delivery waited for room: the seek
                     # retired the message.
                     progress[0] = i
                     return
                 set_read_offset(tp, offset)
+                r_offset = offset
             progress[0] = i
 
         async def deliver_one(tp: TP, message: Message, epoch: Any) -> None:

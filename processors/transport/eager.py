@@ -13,6 +13,13 @@ import types
 from collections.abc import Awaitable, Coroutine, Generator
 from typing import Any
 
+#: How many times a coroutine run by :func:`start_eagerly` went on after it
+#: had waited (counted over all of them). Code in such a coroutine that
+#: reads it before and after an ``await`` knows whether that ``await``
+#: waited, and so whether other tasks may have run in between: if the count
+#: did not move, they did not.
+resumed = [0]
+
 
 @types.coroutine
 def _resume(coro: Coroutine[Any, Any, Any], yielded: Any) -> Generator[Any, Any, Any]:
@@ -23,11 +30,13 @@ def _resume(coro: Coroutine[Any, Any, Any], yielded: Any) -> Generator[Any, Any,
         try:
             sent = yield yielded
         except BaseException as exc:  # includes CancelledError thrown by the task
+            resumed[0] += 1
             try:
                 yielded = coro.throw(exc)
             except StopIteration as stop:
                 return stop.value
         else:
+            resumed[0] += 1
             try:
                 yielded = coro.send(sent)
             except StopIteration as stop:
