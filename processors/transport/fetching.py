@@ -107,9 +107,11 @@ SCRIPT_MAX_STREAMS = 1000
 
 
 def flatten(reply: Any) -> list[Any]:
-    """An ``XREAD`` reply (RESP3 map or RESP2 pairs) in the flat form of
-    :data:`READ_SCRIPT`."""
+    """An ``XREAD`` reply (RESP3 map, RESP2 pairs, or None: nothing to
+    read) in the flat form of :data:`READ_SCRIPT`."""
     out: list[Any] = []
+    if not reply:
+        return out
     streams = reply.items() if isinstance(reply, dict) else reply
     for stream, entries in streams:
         if not entries:
@@ -204,7 +206,6 @@ class FetchingConsumer(PositionsConsumer):
                         *keys,
                         *ids,
                     )
-                    or ()
                 )
         except CONNECTION_ERRORS as exc:
             delay = self._fetch_backoff.next_delay()
