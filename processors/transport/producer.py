@@ -10,8 +10,9 @@ real partition and offset (from the id ``XADD`` returned).
 Batching: one sender task writes everything pending in one pipelined round
 trip (non-transactional), up to ``producer_max_batch_size`` bytes of keys and
 values (at least one message), after waiting ``producer_linger`` seconds for
-more when the batch is not yet full. Only one batch is in flight at a time,
-which keeps per-partition order, also across retries.
+more when the batch is not yet full (with no linger, until a few loop turns
+pass without a new message: see ``_gather_burst``). Only one batch is in
+flight at a time, which keeps per-partition order, also across retries.
 
 Failures: if Redis cannot be reached the batch is retried with backoff until
 it is acknowledged. A batch whose reply was lost may have been written
@@ -47,6 +48,12 @@ if TYPE_CHECKING:
 
 #: Longest wait for unacknowledged messages when the producer stops.
 STOP_FLUSH_TIMEOUT = 15.0
+
+#: With ``producer_linger`` 0, the sender waits this many loop turns in a row
+#: without a new message before it writes (see ``Producer._gather_burst``) ...
+QUIET_TURNS = 4
+#: ... but never longer than this (seconds).
+BURST_MAX = 0.005
 
 #: The error Redis gives when ``XADD 0-*`` meets a foreign id at the tail.
 _BROKEN_STREAM = "equal or smaller than the target stream top item"
@@ -279,6 +286,8 @@ class Producer(faust_producer.Producer):
                 continue
             if linger and self._queued_bytes < self.max_batch_size:
                 await asyncio.sleep(linger)
+            elif not linger:
+                await self._gather_burst()
             batch = self._take_batch()
             try:
                 await self._write(batch)
@@ -287,6 +296,27 @@ class Producer(faust_producer.Producer):
                     if not item.future.done():
                         item.future.set_exception(ProducerSendError("producer stopped"))
                 raise
+
+    async def _gather_burst(self) -> None:
+        """With no linger, let the sends already on their way join the batch:
+        loop turns until :data:`QUIET_TURNS` in a row add nothing (at most
+        :data:`BURST_MAX` seconds, or a full batch). Faust's ``Topic.send``
+        gives the loop three turns before it queues its message, so without
+        this each message of a burst went to Redis in a round trip of its own."""
+        queue = self._queue
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + BURST_MAX
+        queued = len(queue)
+        quiet = 0
+        while quiet < QUIET_TURNS and self._queued_bytes < self.max_batch_size:
+            await asyncio.sleep(0)
+            if len(queue) != queued:
+                queued = len(queue)
+                quiet = 0
+            else:
+                quiet += 1
+            if loop.time() > deadline:
+                return
 
     async def _write(self, batch: list[_Pending]) -> None:
         """Write ``batch`` until every message is acknowledged or failed."""
