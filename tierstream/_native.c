@@ -19,6 +19,10 @@
  *       -> (n, lo, hi, sum): twin of LatencyHistogram.record_us's Python loop
  *       (processors/aggregate/latency.py): clamps each value to 0..highest and
  *       adds one to its HdrHistogram counts-array bucket, in place.
+ *   message_plan(template, (v, k, t)), messages(plan, flat, i, n, first_offset, out)
+ *       -> the redis:// fetch's Faust messages for entries in the producer's
+ *       layout; twin of processors/transport/fastpath.py, messages_py (see
+ *       the section near the end).
  *
  * Only valid objects reach group() (callers check first); it still raises a
  * Python error instead of crashing if one is not.
@@ -1759,6 +1763,367 @@ fail:
     return NULL;
 }
 
+/* ---- Faust messages for the redis:// consumer (processors/transport) ---------
+ *
+ * message_plan(template, (v, k, t)) -> plan
+ *     `template` is a ConsumerMessage made by its own __init__ for one
+ *     partition. The plan holds its type and the value of every object slot
+ *     along the MRO (unset slots stay unset), except the six that vary per
+ *     entry (offset, timestamp, key, value, serialized_key_size,
+ *     serialized_value_size), whose offsets it records. (v, k, t) are the wire
+ *     field names (schemas.wire VALUE, KEY, TIMESTAMP).
+ * messages(plan, flat, i, n, first_offset, out) -> next i
+ *     twin of processors/transport/fastpath.py, messages_py: up to n entries
+ *     of READ_SCRIPT's flat reply from flat[i] (an id), with the dense offsets
+ *     first_offset, first_offset + 1, ...: each entry in the producer's own
+ *     layout (`v <value> k <key> t <ms>` or `v <value> t <ms>`, the ms 1..15
+ *     ASCII digits, every item an exact bytes and the field count an exact
+ *     int) becomes a message appended to `out`; the first entry that is not
+ *     stops the run and its index is returned (Python takes it). Offsets
+ *     that would not fit in an int64 make nothing (the index is i).
+ *
+ * A message is made as Python makes one: tp_new(type, (), NULL) (object_new,
+ * which also sets up the managed __dict__), then its slots are stored; what
+ * __init__ would compute is in the template. The plan refuses types for
+ * which that would differ (their own __new__ or __setattr__, slots that are
+ * not plain object slots or are shadowed, C-level fields, a non-empty
+ * instance __dict__, template values that are not immutable). */
+
+/* Here, not at the top: its T_* macros (T_NONE, T_INT, ...) would rename the
+   JSON value kinds of scan() above. Nothing below uses those. */
+#include <structmember.h>
+
+#define MSG_PLAN_CAPSULE "tierstream._native.message_plan"
+
+enum { V_OFFSET, V_TIMESTAMP, V_KEY, V_VALUE, V_KSIZE, V_VSIZE, V_N };
+static const char *const varying_names[V_N] = {
+    "offset", "timestamp", "key", "value", "serialized_key_size", "serialized_value_size",
+};
+
+typedef struct {
+    Py_ssize_t offset;
+    PyObject *value; /* owned, never NULL */
+} FixedSlot;
+
+typedef struct {
+    PyTypeObject *type; /* owned */
+    Py_ssize_t n_fixed;
+    FixedSlot *fixed;
+    /* the fixed values once each, with how many slots hold them: a message
+       adds its references to None (6 slots) in one step, not six that each
+       wait for the one before */
+    Py_ssize_t n_distinct;
+    PyObject **distinct; /* borrowed from `fixed` */
+    Py_ssize_t *uses;
+    Py_ssize_t var_off[V_N];
+    PyObject *f_value, *f_key, *f_ts; /* owned bytes */
+    unsigned int version; /* the type's tp_version_tag: a change to the type or
+                             a base (a new __init__, a property over a slot...)
+                             changes it, and messages() then makes none */
+} MsgPlan;
+
+static PyObject *empty_tuple;
+
+static void free_msg_plan(MsgPlan *p) {
+    if (!p) return;
+    if (p->fixed) {
+        for (Py_ssize_t k = 0; k < p->n_fixed; k++) Py_DECREF(p->fixed[k].value);
+        PyMem_Free(p->fixed);
+    }
+    PyMem_Free(p->distinct);
+    PyMem_Free(p->uses);
+    Py_XDECREF(p->type);
+    Py_XDECREF(p->f_value);
+    Py_XDECREF(p->f_key);
+    Py_XDECREF(p->f_ts);
+    PyMem_Free(p);
+}
+
+static void msg_plan_destructor(PyObject *capsule) {
+    free_msg_plan((MsgPlan *)PyCapsule_GetPointer(capsule, MSG_PLAN_CAPSULE));
+}
+
+static PyObject *plan_refuse(MsgPlan *p, const char *why, const char *name) {
+    /* before the plan lets go of the type, which owns `name` */
+    PyErr_Format(PyExc_TypeError, "message_plan: %s%s%s", why, name ? ": " : "", name ? name : "");
+    free_msg_plan(p);
+    return NULL;
+}
+
+/* Values a message may share with every other message of its partition. */
+static int shareable(PyObject *v, int depth) {
+    if (v == Py_None || PyBool_Check(v) || PyLong_CheckExact(v) || PyFloat_CheckExact(v) ||
+        PyUnicode_CheckExact(v) || PyBytes_CheckExact(v))
+        return 1;
+    /* TP is a namedtuple of (str, int): a tuple subclass without a __dict__ */
+    if (PyTuple_Check(v) && Py_TYPE(v)->tp_dictoffset == 0 && depth < 4) {
+        for (Py_ssize_t k = 0; k < PyTuple_GET_SIZE(v); k++)
+            if (!shareable(PyTuple_GET_ITEM(v, k), depth + 1)) return 0;
+        return 1;
+    }
+    return 0;
+}
+
+static PyObject *message_plan(PyObject *self, PyObject *args) {
+    PyObject *tmpl, *names;
+    if (!PyArg_ParseTuple(args, "OO!", &tmpl, &PyTuple_Type, &names)) return NULL;
+    if (PyTuple_GET_SIZE(names) != 3) {
+        PyErr_SetString(PyExc_TypeError, "message_plan: field names must be (value, key, ts)");
+        return NULL;
+    }
+    for (Py_ssize_t k = 0; k < 3; k++) {
+        if (!PyBytes_CheckExact(PyTuple_GET_ITEM(names, k))) {
+            PyErr_SetString(PyExc_TypeError, "message_plan: field names must be bytes");
+            return NULL;
+        }
+    }
+    PyTypeObject *type = Py_TYPE(tmpl);
+    MsgPlan *p = PyMem_Calloc(1, sizeof(MsgPlan));
+    if (!p) return PyErr_NoMemory();
+    Py_INCREF(type);
+    p->type = type;
+    p->f_value = Py_NewRef(PyTuple_GET_ITEM(names, 0));
+    p->f_key = Py_NewRef(PyTuple_GET_ITEM(names, 1));
+    p->f_ts = Py_NewRef(PyTuple_GET_ITEM(names, 2));
+    for (int k = 0; k < V_N; k++) p->var_off[k] = -1;
+    if (type->tp_new != PyBaseObject_Type.tp_new)
+        return plan_refuse(p, "the type has its own __new__", type->tp_name);
+    if (type->tp_setattro != PyObject_GenericSetAttr)
+        return plan_refuse(p, "the type has its own __setattr__", type->tp_name);
+    if (type->tp_itemsize != 0) return plan_refuse(p, "a variable-size type", type->tp_name);
+    if (type->tp_dictoffset > 0 || (type->tp_dictoffset < 0 && !(type->tp_flags & Py_TPFLAGS_MANAGED_DICT)))
+        return plan_refuse(p, "an instance __dict__ that is not managed", type->tp_name);
+    if (type->tp_dictoffset) {
+        /* what __init__ put in the instance __dict__ would be missing */
+        PyObject *d = PyObject_GenericGetDict(tmpl, NULL);
+        if (!d) {
+            free_msg_plan(p);
+            return NULL;
+        }
+        Py_ssize_t len = PyDict_GET_SIZE(d);
+        Py_DECREF(d);
+        if (len) return plan_refuse(p, "the template has instance attributes", NULL);
+    }
+    PyObject *mro = type->tp_mro;
+    if (!mro || !PyTuple_Check(mro)) return plan_refuse(p, "no MRO", type->tp_name);
+    Py_ssize_t n_members = 0;
+    for (Py_ssize_t b = 0; b < PyTuple_GET_SIZE(mro); b++) {
+        PyTypeObject *base = (PyTypeObject *)PyTuple_GET_ITEM(mro, b);
+        if (base == &PyBaseObject_Type) continue;
+        if (!(base->tp_flags & Py_TPFLAGS_HEAPTYPE))
+            return plan_refuse(p, "a base class defined in C", base->tp_name);
+        for (PyMemberDef *md = base->tp_members; md && md->name; md++) n_members++;
+    }
+    p->fixed = PyMem_Calloc(n_members ? n_members : 1, sizeof(FixedSlot));
+    if (!p->fixed) {
+        free_msg_plan(p);
+        return PyErr_NoMemory();
+    }
+    Py_ssize_t n_slots = 0;
+    for (Py_ssize_t b = 0; b < PyTuple_GET_SIZE(mro); b++) {
+        PyTypeObject *base = (PyTypeObject *)PyTuple_GET_ITEM(mro, b);
+        if (base == &PyBaseObject_Type) continue;
+        for (PyMemberDef *md = base->tp_members; md && md->name; md++) {
+            if (!strcmp(md->name, "__weakref__") || !strcmp(md->name, "__dict__")) continue;
+            if (md->type != T_OBJECT_EX && md->type != T_OBJECT)
+                return plan_refuse(p, "a slot that is not an object slot", md->name);
+            if (md->flags & READONLY) return plan_refuse(p, "a read-only slot", md->name);
+            if (md->offset < (Py_ssize_t)sizeof(PyObject) ||
+                md->offset > type->tp_basicsize - (Py_ssize_t)sizeof(PyObject *) ||
+                md->offset % sizeof(PyObject *))
+                return plan_refuse(p, "a slot outside the object", md->name);
+            /* the slot's descriptor must be what attribute access finds */
+            /* interned: the type attribute cache keeps the names it is asked for */
+            PyObject *name = PyUnicode_InternFromString(md->name);
+            if (!name) {
+                free_msg_plan(p);
+                return NULL;
+            }
+            PyObject *own = base->tp_dict ? PyDict_GetItemWithError(base->tp_dict, name) : NULL;
+            PyObject *found = own ? _PyType_Lookup(type, name) : NULL;
+            Py_DECREF(name);
+            if (PyErr_Occurred()) {
+                free_msg_plan(p);
+                return NULL;
+            }
+            if (!own || Py_TYPE(own) != &PyMemberDescr_Type ||
+                ((PyMemberDescrObject *)own)->d_member != md || found != own)
+                return plan_refuse(p, "a slot hidden by another attribute", md->name);
+            n_slots++;
+            int var = -1;
+            for (int k = 0; k < V_N; k++)
+                if (!strcmp(md->name, varying_names[k])) var = k;
+            for (int k = 0; k < V_N; k++)
+                if (p->var_off[k] == md->offset) return plan_refuse(p, "a slot twice", md->name);
+            for (Py_ssize_t k = 0; k < p->n_fixed; k++)
+                if (p->fixed[k].offset == md->offset) return plan_refuse(p, "a slot twice", md->name);
+            if (var >= 0) {
+                if (p->var_off[var] >= 0) return plan_refuse(p, "a slot twice", md->name);
+                p->var_off[var] = md->offset;
+                continue;
+            }
+            PyObject *v = *(PyObject **)((char *)tmpl + md->offset);
+            if (!v) continue; /* unset in the template: unset in every message */
+            if (!shareable(v, 0))
+                return plan_refuse(p, "a template value that is not immutable", md->name);
+            p->fixed[p->n_fixed].offset = md->offset;
+            p->fixed[p->n_fixed].value = Py_NewRef(v);
+            p->n_fixed++;
+        }
+    }
+    for (int k = 0; k < V_N; k++)
+        if (p->var_off[k] < 0) return plan_refuse(p, "the type has no slot", varying_names[k]);
+    p->distinct = PyMem_Calloc(p->n_fixed ? p->n_fixed : 1, sizeof(PyObject *));
+    p->uses = PyMem_Calloc(p->n_fixed ? p->n_fixed : 1, sizeof(Py_ssize_t));
+    if (!p->distinct || !p->uses) {
+        free_msg_plan(p);
+        return PyErr_NoMemory();
+    }
+    for (Py_ssize_t k = 0; k < p->n_fixed; k++) {
+        Py_ssize_t d = 0;
+        while (d < p->n_distinct && p->distinct[d] != p->fixed[k].value) d++;
+        if (d == p->n_distinct) p->distinct[p->n_distinct++] = p->fixed[k].value;
+        p->uses[d]++;
+    }
+    /* nothing but the slots, the weakref list and a __dict__ pointer in the object */
+    Py_ssize_t expect = (Py_ssize_t)sizeof(PyObject) + n_slots * (Py_ssize_t)sizeof(PyObject *) +
+                        (type->tp_weaklistoffset ? (Py_ssize_t)sizeof(PyObject *) : 0);
+    if (expect != type->tp_basicsize)
+        return plan_refuse(p, "the object holds more than its slots", type->tp_name);
+    /* the lookups above gave the type a version tag (unless the tags ran out) */
+    if (!(type->tp_flags & Py_TPFLAGS_VALID_VERSION_TAG))
+        return plan_refuse(p, "the type has no version tag", type->tp_name);
+    p->version = type->tp_version_tag;
+    PyObject *cap = PyCapsule_New(p, MSG_PLAN_CAPSULE, msg_plan_destructor);
+    if (!cap) free_msg_plan(p);
+    return cap;
+}
+
+/* o is an exact bytes equal to name (one-byte bytes from a reply are
+   CPython's cached singletons: usually the same object) */
+static inline int is_name(PyObject *o, PyObject *name) {
+    return o == name ||
+           (PyBytes_CheckExact(o) && PyBytes_GET_SIZE(o) == PyBytes_GET_SIZE(name) &&
+            !memcmp(PyBytes_AS_STRING(o), PyBytes_AS_STRING(name), PyBytes_GET_SIZE(name)));
+}
+
+/* n new references to o */
+static inline void add_refs(PyObject *o, Py_ssize_t n) {
+#if defined(Py_REF_DEBUG) || PY_VERSION_HEX >= 0x030C0000 /* reference totals; immortal objects */
+    while (n--) Py_INCREF(o);
+#else
+    Py_SET_REFCNT(o, Py_REFCNT(o) + n);
+#endif
+}
+
+/* Python's int(raw) / 1000.0 for 1..15 ASCII digits (exact: below 2**53). */
+static inline int parse_ms(PyObject *raw, double *out) {
+    if (!PyBytes_CheckExact(raw)) return 0;
+    Py_ssize_t len = PyBytes_GET_SIZE(raw);
+    if (len < 1 || len > 15) return 0;
+    const unsigned char *s = (const unsigned char *)PyBytes_AS_STRING(raw);
+    int64_t v = 0;
+    for (Py_ssize_t k = 0; k < len; k++) {
+        unsigned d = (unsigned)s[k] - '0';
+        if (d > 9) return 0;
+        v = v * 10 + d;
+    }
+    *out = (double)v / 1000.0;
+    return 1;
+}
+
+#define SLOT(obj, off) (*(PyObject **)((char *)(obj) + (off)))
+
+static PyObject *messages(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 6) {
+        PyErr_SetString(PyExc_TypeError, "messages(plan, flat, i, n, first_offset, out)");
+        return NULL;
+    }
+    MsgPlan *p = PyCapsule_GetPointer(args[0], MSG_PLAN_CAPSULE);
+    if (!p) return NULL;
+    PyObject *flat = args[1], *out = args[5];
+    if (!PyList_Check(flat) || !PyList_Check(out)) {
+        PyErr_SetString(PyExc_TypeError, "messages: flat and out must be lists");
+        return NULL;
+    }
+    Py_ssize_t i = PyLong_AsSsize_t(args[2]);
+    if (i == -1 && PyErr_Occurred()) return NULL;
+    Py_ssize_t n = PyLong_AsSsize_t(args[3]);
+    if (n == -1 && PyErr_Occurred()) return NULL;
+    int too_big;
+    long long offset = PyLong_AsLongLongAndOverflow(args[4], &too_big);
+    if (offset == -1 && PyErr_Occurred()) return NULL;
+    if (i < 0) {
+        PyErr_SetString(PyExc_ValueError, "messages: negative index");
+        return NULL;
+    }
+    /* offsets past int64 (ids up to 0-(2**64-1) are valid): Python makes them */
+    if (too_big || (n > 0 && offset > LLONG_MAX - (n - 1))) return PyLong_FromSsize_t(i);
+    PyTypeObject *type = p->type;
+    if (!(type->tp_flags & Py_TPFLAGS_VALID_VERSION_TAG) || type->tp_version_tag != p->version)
+        return PyLong_FromSsize_t(i); /* changed since the plan: Python makes them */
+    newfunc tp_new = type->tp_new;
+    for (Py_ssize_t e = 0; e < n; e++, offset++) {
+        /* read again for every entry: making a message may run a collection,
+           and so any Python code (in theory, one that changes `flat`) */
+        Py_ssize_t len = PyList_GET_SIZE(flat);
+        if (len - i < 2) break;
+        PyObject *nf_obj = PyList_GET_ITEM(flat, i + 1);
+        if (!PyLong_CheckExact(nf_obj)) break;
+        int overflow;
+        long nf = PyLong_AsLongAndOverflow(nf_obj, &overflow);
+        if ((nf != 4 && nf != 6) || len - i - 2 < nf) break;
+        PyObject **it = &PyList_GET_ITEM(flat, i + 2);
+        PyObject *value = it[1], *key = NULL, *ts_raw;
+        if (!is_name(it[0], p->f_value) || !PyBytes_CheckExact(value)) break;
+        if (nf == 6) {
+            if (!is_name(it[2], p->f_key) || !PyBytes_CheckExact(it[3])) break;
+            key = it[3];
+            if (!is_name(it[4], p->f_ts)) break;
+            ts_raw = it[5];
+        } else {
+            if (!is_name(it[2], p->f_ts)) break;
+            ts_raw = it[3];
+        }
+        double ts;
+        if (!parse_ms(ts_raw, &ts)) break;
+        Py_ssize_t key_size = key ? PyBytes_GET_SIZE(key) : 0;
+        Py_ssize_t value_size = PyBytes_GET_SIZE(value);
+        /* held across the allocation (see above); the message takes them */
+        Py_INCREF(value);
+        key = key ? Py_NewRef(key) : Py_NewRef(Py_None);
+        PyObject *m = tp_new(type, empty_tuple, NULL);
+        if (!m) {
+            Py_DECREF(value);
+            Py_DECREF(key);
+            return NULL;
+        }
+        for (Py_ssize_t k = 0; k < p->n_fixed; k++) SLOT(m, p->fixed[k].offset) = p->fixed[k].value;
+        for (Py_ssize_t d = 0; d < p->n_distinct; d++) add_refs(p->distinct[d], p->uses[d]);
+        SLOT(m, p->var_off[V_KEY]) = key;
+        SLOT(m, p->var_off[V_VALUE]) = value;
+        PyObject *o;
+        if (!(o = PyLong_FromLongLong(offset))) goto fail;
+        SLOT(m, p->var_off[V_OFFSET]) = o;
+        if (!(o = PyFloat_FromDouble(ts))) goto fail;
+        SLOT(m, p->var_off[V_TIMESTAMP]) = o;
+        if (!(o = PyLong_FromSsize_t(key_size))) goto fail;
+        SLOT(m, p->var_off[V_KSIZE]) = o;
+        if (!(o = PyLong_FromSsize_t(value_size))) goto fail;
+        SLOT(m, p->var_off[V_VSIZE]) = o;
+        if (PyList_Append(out, m) < 0) goto fail;
+        Py_DECREF(m);
+        i += 2 + nf;
+        continue;
+    fail:
+        Py_DECREF(m); /* its dealloc releases the slots stored so far */
+        return NULL;
+    }
+    return PyLong_FromSsize_t(i);
+}
+
+#undef SLOT
+
 static PyMethodDef methods[] = {
     {"compile_plan", compile_plan, METH_O, "Compile a record plan (schemas.fastcheck.native_plan)."},
     {"check_batch", check_batch, METH_VARARGS,
@@ -1774,6 +2139,10 @@ static PyMethodDef methods[] = {
      "scan(plan, value) -> None (take the reference path) or the grouped entry."},
     {"hist_record", hist_record, METH_VARARGS,
      "hist_record(counts, values, mask, shift, half_mag, half, exact, highest) -> (n, lo, hi, sum)."},
+    {"message_plan", message_plan, METH_VARARGS,
+     "message_plan(template, (v, k, t)) -> the plan messages() makes a partition's messages by."},
+    {"messages", (PyCFunction)(void (*)(void))messages, METH_FASTCALL,
+     "messages(plan, flat, i, n, first_offset, out) -> the index of the first entry not made."},
     {NULL, NULL, 0, NULL},
 };
 
@@ -1803,5 +2172,6 @@ PyMODINIT_FUNC PyInit__native(void) {
     array_q = PyObject_GetAttrString(array_mod, "array");
     Py_DECREF(array_mod);
     if (!array_q) return NULL;
+    if (!(empty_tuple = PyTuple_New(0))) return NULL;
     return PyModule_Create(&moduledef);
 }

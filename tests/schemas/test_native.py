@@ -37,6 +37,11 @@ def test_the_native_module_is_built() -> None:
     # scripts/setup.sh (pip install -e .) compiles it; None means no C compiler was
     # found, or TIERSTREAM_NATIVE=0 is set: the Python twins then run, at half speed.
     assert ext is not None, native.describe()
+    # and it is this source's build: an older one lacks the newer functions (the
+    # redis:// fetch would quietly take the Python twin of messages())
+    functions = "compile_plan check_batch group scan hist_record heavy_add heavy_texts"
+    for name in (*functions.split(), "heavy_compact", "message_plan", "messages"):
+        assert callable(getattr(ext, name, None)), name
 
 
 needs_ext = pytest.mark.skipif(ext is None, reason=native.describe())
