@@ -92,12 +92,19 @@ SINK_SETTINGS = SinkSettings.from_env(os.environ)
 suggestions_topic = app.topic(names.SUGGESTIONS_TOPIC, partitions=1, value_serializer="json")
 alerts_topic = app.topic(names.ALERTS_TOPIC, partitions=1, value_serializer="json")
 metrics_topic = app.topic(names.METRICS_TOPIC, partitions=1, value_serializer="json")
-# Agent inputs: their own channels over the same streams.
+# Agent inputs: their own channels over the same streams. Faust decodes a
+# message once for all the channels of a partition whose key and value
+# *types* are equal, with the serializers of whichever channel its set
+# iterates first: the raw channel must differ in type (bytes) from the json
+# ones, or one of them gets the other's decoding (the suggest agent crashed
+# on bytes when the set's order changed).
 suggest_input = app.topic(names.WINDOW_SUMMARIES_TOPIC, partitions=1, value_serializer="json")
 alert_input = app.topic(
     names.WINDOW_SUMMARIES_TOPIC,
     names.METRICS_TOPIC,
     partitions=1,
+    key_type=bytes,
+    value_type=bytes,
     key_serializer="raw",
     value_serializer="raw",  # decoded by the runtime: a bad metric entry is a dead letter
 )
