@@ -34,7 +34,7 @@ import redis
 import redis.asyncio as aioredis
 from faust.transport import base
 from faust.types import AppT
-from faust.types.transports import ConsumerT, ProducerT
+from faust.types.transports import ConductorT, ConsumerT, ProducerT
 from mode.utils.times import Seconds, want_seconds
 from redis.utils import HIREDIS_AVAILABLE
 from yarl import URL
@@ -50,6 +50,7 @@ from .client import (
     parse_url,
     retrying,
 )
+from .conductor import Conductor
 from .consumer import Consumer
 from .deadletter import DeadLetters
 from .group import GroupMember
@@ -58,6 +59,7 @@ from .producer import Producer
 from .topics import TopicRegistry
 
 __all__ = [
+    "Conductor",
     "Consumer",
     "Membership",
     "Producer",
@@ -81,6 +83,7 @@ class Transport(base.Transport):
 
     Consumer: ClassVar[type[ConsumerT]] = Consumer
     Producer: ClassVar[type[ProducerT]] = Producer
+    Conductor: ClassVar[type[ConductorT]] = Conductor
 
     default_port = 6379
     driver_version = f"redis-py={redis.__version__}"

@@ -114,6 +114,11 @@ class _Buffer(faust_producer.ProducerBuffer):
             self.message_sent.clear()
             await self.message_sent.wait()
 
+    def must_wait(self) -> bool:
+        """Whether ``wait_until_ebb`` would wait (the conductor asks this
+        for every message before it awaits the coroutine)."""
+        return len(self.pending._queue) > self.max_messages  # type: ignore[attr-defined]
+
     async def wait_until_ebb(self) -> None:
         if len(self.pending._queue) > self.max_messages:  # type: ignore[attr-defined]
             await super().wait_until_ebb()
