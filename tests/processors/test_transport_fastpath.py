@@ -11,44 +11,21 @@ is in ``test_transport_seek.py``, beside the other ``apps.seek`` workers.
 
 from __future__ import annotations
 
-import logging
 import random
 import sys
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
-import faust
 import pytest
 import redis.asyncio as aioredis
 from faust.transport.consumer import Consumer as FaustConsumer
 from faust.types import TP
-from tierstream.processors.transport import Consumer, Transport
+from tierstream.processors.transport import Consumer
 from tierstream.schemas import names
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 pytestmark = pytest.mark.timeout(90)
-
-log = logging.getLogger("test")
-
-
-async def _noop(*args: Any, **kwargs: Any) -> None:
-    return None
-
-
-@pytest.fixture
-async def consumer(redis_url: str, unique: str) -> AsyncIterator[Consumer]:
-    app = faust.App(unique, broker=redis_url)
-    made = app.transport.create_consumer(
-        callback=_noop, on_partitions_revoked=_noop, on_partitions_assigned=_noop
-    )
-    assert isinstance(made, Consumer)
-    transport = app.transport
-    assert isinstance(transport, Transport)
-    await transport.connect(log, lambda: False)
-    yield made
-    await transport.client.aclose()
 
 
 def _ack_states(rng: random.Random) -> Iterator[tuple[list[int], set[int], int | None, bool]]:

@@ -17,27 +17,24 @@ through it gives what a fetch without it gives.
 from __future__ import annotations
 
 import gc
-import logging
 import random
 import sys
 import weakref
 from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
 from typing import Any
 
-import faust
 import orjson
 import pytest
 import redis.asyncio as aioredis
 from faust.types import TP, ConsumerMessage
-from tierstream.processors.transport import Consumer, Transport, fastpath
+from tierstream.processors.transport import Consumer, fastpath
 from tierstream.schemas import names
+from transport_consumer import standalone_consumer
 
 from tierstream import native
 
 pytestmark = pytest.mark.timeout(120)
 
-log = logging.getLogger("test")
 
 ext = native.ext
 needs_ext = pytest.mark.skipif(ext is None, reason=native.describe())
@@ -379,29 +376,9 @@ def test_a_type_the_c_twin_refuses_gets_the_python_twin(
 # ---- a real fetch --------------------------------------------------------------
 
 
-async def _noop(*args: Any, **kwargs: Any) -> None:
-    return None
-
-
-@asynccontextmanager
-async def _consumer(redis_url: str, app_id: str) -> AsyncIterator[Consumer]:
-    app = faust.App(app_id, broker=redis_url)
-    made = app.transport.create_consumer(
-        callback=_noop, on_partitions_revoked=_noop, on_partitions_assigned=_noop
-    )
-    assert isinstance(made, Consumer)
-    transport = app.transport
-    assert isinstance(transport, Transport)
-    await transport.connect(log, lambda: False)
-    try:
-        yield made
-    finally:
-        await transport.client.aclose()
-
-
 @pytest.fixture
 async def consumer(redis_url: str, unique: str) -> AsyncIterator[Consumer]:
-    async with _consumer(redis_url, unique) as made:
+    async with standalone_consumer(redis_url, unique) as made:
         yield made
 
 
@@ -510,7 +487,7 @@ async def test_a_fetch_gives_the_same_messages_with_c_and_with_the_twin(
             monkeypatch.setattr(fastpath, "_native", None)
         elif ext is None:
             continue
-        async with _consumer(redis_url, f"{unique}-{path}") as c:
+        async with standalone_consumer(redis_url, f"{unique}-{path}") as c:
             got, acked, highwater, run, counted = await _fetch_everything(c, tp, 0, end)
             runs[path] = (
                 [state(m) for m in got],

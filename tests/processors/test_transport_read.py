@@ -9,38 +9,15 @@ fields, holes, foreign ids and streams with nothing to read.
 
 from __future__ import annotations
 
-import logging
-from collections.abc import AsyncIterator
 from typing import Any
 
-import faust
 import pytest
 import redis.asyncio as aioredis
 from faust.types import TP
-from tierstream.processors.transport import Consumer, Transport, fetching
+from tierstream.processors.transport import Consumer, fetching
 from tierstream.schemas import names
 
 pytestmark = pytest.mark.timeout(60)
-
-log = logging.getLogger("test")
-
-
-async def _noop(*args: Any, **kwargs: Any) -> None:
-    return None
-
-
-@pytest.fixture
-async def consumer(redis_url: str, unique: str) -> AsyncIterator[Consumer]:
-    app = faust.App(unique, broker=redis_url)
-    made = app.transport.create_consumer(
-        callback=_noop, on_partitions_revoked=_noop, on_partitions_assigned=_noop
-    )
-    assert isinstance(made, Consumer)
-    transport = app.transport
-    assert isinstance(transport, Transport)
-    await transport.connect(log, lambda: False)
-    yield made
-    await transport.client.aclose()
 
 
 async def _fill(aredis: aioredis.Redis, topic: str) -> list[bytes]:
