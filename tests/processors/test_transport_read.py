@@ -95,3 +95,27 @@ async def test_fetches_through_the_script_and_through_xread_give_the_same_record
         assert [r[2] for r in records[tps[1]]] == [b"%d" % i for i in range(start, 40)]
         assert positions[tps[0]] == positions[tps[1]] == 40
     assert len(keys) == 6
+
+
+async def test_reads_go_on_when_redis_is_above_maxmemory(private_redis: Any, unique: str) -> None:
+    # A consumer must drain its streams when Redis refuses writes for memory
+    # (the read script is declared no-writes).
+    from transport_consumer import standalone_consumer
+
+    client = aioredis.Redis.from_url(private_redis.url)
+    key = names.stream_key(unique, 0)
+    for i in range(50):
+        await client.xadd(key, {b"v": b"%d" % i, b"t": b"1"}, id="0-*")
+    await client.config_set("maxmemory-policy", "noeviction")
+    await client.config_set("maxmemory", 1)
+    with pytest.raises(aioredis.ResponseError, match="maxmemory"):
+        await client.xadd(key, {b"v": b"refused", b"t": b"1"}, id="0-*")
+    async with standalone_consumer(private_redis.url, unique) as consumer:
+        tp = TP(unique, 0)
+        consumer._assigned = frozenset({tp})
+        consumer._set_position(tp, 0)
+        consumer._entry_bytes[tp] = 2
+        got = await consumer._getmany({tp}, 0.05)
+        assert [r[2] for r in got[tp]] == [b"%d" % i for i in range(50)]
+    await client.config_set("maxmemory", 0)
+    await client.aclose()
