@@ -74,6 +74,7 @@ class Consumer(FetchingConsumer):
         self._compacted: dict[TP, int] = {}
         self._fetch_total = app.conf.broker_max_poll_records or DEFAULT_FETCH_TOTAL
         self._entry_bytes = {}
+        self._message_plans = {}
         self._buffer_dropped = asyncio.Event()
         self._fetch_backoff = Backoff()
         super().__init__(

@@ -143,7 +143,7 @@ class FetchingConsumer(PositionsConsumer):
     _buffer_dropped: asyncio.Event
     _read_script: AsyncScript | None = None
     #: per partition: the fast path's (run, plan) (see :mod:`.fastpath`)
-    _message_plans: dict[TP, tuple[Run, Any]] | None = None
+    _message_plans: dict[TP, tuple[Run, Any]]
 
     def _reader(self, client: Any) -> AsyncScript:
         """:data:`READ_SCRIPT` on ``client`` (redis-py loads it again if Redis
@@ -304,18 +304,13 @@ class FetchingConsumer(PositionsConsumer):
         form) -> records (or messages, see ``_getmany``); dead-letters bad
         ones; advances the position.
 
-        Messages are made here, not from records later: it saves building
-        and unpacking a tuple per entry (~0.1 us). It does not change how
-        often the garbage collector runs (measured: the same number of
-        collections; tuples come from CPython's free list).
-
         With dense ids, runs of entries in the producer's own layout are made
         into messages by :mod:`.fastpath` (in C when built); the entry such a
-        run stops at is taken by the code below, then the next run starts."""
+        run stops at is taken by the code below, then the next run starts.
+        The code below makes a record per entry, and a message from it when
+        messages are asked for."""
         out: list[Any] = []
         append = out.append
-        topic, partition = tp
-        new_message = ConsumerMessage
         last = -1
         # Dense ids: if the first and last entries are ``0-a`` and ``0-b`` with
         # b - a + 1 entries, every id in between is ``0-x`` (ids increase) and
@@ -336,8 +331,6 @@ class FetchingConsumer(PositionsConsumer):
         run: Run | None = None
         if dense and as_messages:
             plans = self._message_plans
-            if plans is None:
-                plans = self._message_plans = {}
             entry = plans.get(tp)
             if entry is None:
                 entry = plans[tp] = fast_run(tp)
@@ -381,26 +374,8 @@ class FetchingConsumer(PositionsConsumer):
             else:
                 fast = False
             if fast:
-                ts = int(ts_raw) / 1000.0
-                if as_messages:
-                    append(
-                        new_message(
-                            topic,
-                            partition,
-                            offset,
-                            ts,
-                            0,
-                            None,
-                            key,
-                            value,
-                            None,
-                            len(key) if key is not None else 0,
-                            len(value),
-                            tp,
-                        )
-                    )
-                else:
-                    append((offset, key, value, ts, None))
+                record: Record = (offset, key, value, int(ts_raw) / 1000.0, None)
+                append(self._to_message(tp, record, None) if as_messages else record)
                 continue
             fields = flat[at:i]
             try:
