@@ -74,13 +74,12 @@ def build_handler(conductor: Any, tp: TP, channels: MutableSet[Any]) -> Consumer
             (chan,) = channels
             try:
                 event = await chan.decode(message, propagate=True)
-            except KeyDecodeError as exc:
+            except (KeyDecodeError, ValueDecodeError) as exc:
                 message.ack(app.consumer, n=1)
-                await chan.on_key_decode_error(exc, message)
-                return
-            except ValueDecodeError as exc:
-                message.ack(app.consumer, n=1)
-                await chan.on_value_decode_error(exc, message)
+                if isinstance(exc, KeyDecodeError):
+                    await chan.on_key_decode_error(exc, message)
+                else:
+                    await chan.on_value_decode_error(exc, message)
                 return
             queue = chan.queue
             if queue.full():

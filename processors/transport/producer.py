@@ -120,7 +120,7 @@ class _Buffer(faust_producer.ProducerBuffer):
         return len(self.pending._queue) > self.max_messages  # type: ignore[attr-defined]
 
     async def wait_until_ebb(self) -> None:
-        if len(self.pending._queue) > self.max_messages:  # type: ignore[attr-defined]
+        if self.must_wait():
             await super().wait_until_ebb()
 
 
