@@ -11,9 +11,10 @@ import faust
 import pytest
 import redis.asyncio as aioredis
 from faust.types import TP
-from tierstream.processors.transport import Consumer, Producer, Transport
+from tierstream.processors.transport import Consumer, Producer
 from tierstream.schemas import names
 from tierstream.schemas.partition import partition_for
+from transport_consumer import connected_consumer
 
 log = logging.getLogger("test")
 
@@ -45,20 +46,9 @@ async def harness(redis_url: str, unique: str) -> AsyncIterator[Harness]:
     producer = app.producer
     assert isinstance(producer, Producer)
     await producer.start()
-
-    async def noop(*args: Any, **kwargs: Any) -> None:
-        return None
-
-    consumer = app.transport.create_consumer(
-        callback=noop, on_partitions_revoked=noop, on_partitions_assigned=noop
-    )
-    assert isinstance(consumer, Consumer)
-    transport = app.transport
-    assert isinstance(transport, Transport)
-    await transport.connect(log, lambda: False)
-    yield Harness(app, producer, consumer)
-    await producer.stop()
-    await transport.client.aclose()
+    async with connected_consumer(app) as consumer:
+        yield Harness(app, producer, consumer)
+        await producer.stop()
 
 
 async def test_keyed_sends_use_partition_for_and_offsets_are_dense(

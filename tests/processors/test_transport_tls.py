@@ -18,7 +18,8 @@ import faust
 import pytest
 import redis
 from faust.types import TP
-from tierstream.processors.transport import Consumer, Transport
+from tierstream.processors.transport import Transport
+from transport_consumer import connected_consumer
 
 pytestmark = pytest.mark.timeout(60)
 log = logging.getLogger("test")
@@ -149,24 +150,14 @@ async def roundtrip(url: str, topic: str) -> list[bytes]:
         for i in range(5):
             meta = await app.producer.send_and_wait(topic, None, b"m%d" % i, 0, None, None)
             assert meta.offset == i
-        consumer = app.transport.create_consumer(
-            callback=_noop, on_partitions_revoked=_noop, on_partitions_assigned=_noop
-        )
-        assert isinstance(consumer, Consumer)
-        transport = app.transport
-        assert isinstance(transport, Transport)
-        await transport.connect(log, lambda: False)
-        tp = TP(topic, 0)
-        consumer._assigned = frozenset({tp})
-        consumer._set_position(tp, 0)
-        got = await consumer._getmany({tp}, 0.1)
-        return [r[2] for r in got[tp]]
+        async with connected_consumer(app) as consumer:
+            tp = TP(topic, 0)
+            consumer._assigned = frozenset({tp})
+            consumer._set_position(tp, 0)
+            got = await consumer._getmany({tp}, 0.1)
+            return [r[2] for r in got[tp]]
     finally:
         await app.producer.stop()
-
-
-async def _noop(*args: Any, **kwargs: Any) -> None:
-    return None
 
 
 async def test_produce_and_consume_over_tls_with_the_ca_in_the_url(

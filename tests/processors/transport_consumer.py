@@ -1,6 +1,6 @@
 """A redis:// consumer connected to Redis outside a worker, for the tests of
-the fetch path (``_getmany``, ``_parse``); its ``conftest`` fixture is
-``consumer``."""
+the fetch path (``_getmany``, ``_parse``) and of producing and consuming; its
+``conftest`` fixture is ``consumer``."""
 
 from __future__ import annotations
 
@@ -20,10 +20,9 @@ async def _noop(*args: Any, **kwargs: Any) -> None:
 
 
 @asynccontextmanager
-async def standalone_consumer(redis_url: str, app_id: str) -> AsyncIterator[Consumer]:
-    """The consumer of a new app ``app_id`` on ``redis_url``, its transport
-    connected (nothing assigned: tests set positions themselves)."""
-    app = faust.App(app_id, broker=redis_url)
+async def connected_consumer(app: faust.App) -> AsyncIterator[Consumer]:
+    """``app``'s redis:// consumer with the transport connected (nothing
+    assigned: tests set positions themselves); the client is closed after."""
     made = app.transport.create_consumer(
         callback=_noop, on_partitions_revoked=_noop, on_partitions_assigned=_noop
     )
@@ -35,3 +34,11 @@ async def standalone_consumer(redis_url: str, app_id: str) -> AsyncIterator[Cons
         yield made
     finally:
         await transport.client.aclose()
+
+
+@asynccontextmanager
+async def standalone_consumer(redis_url: str, app_id: str) -> AsyncIterator[Consumer]:
+    """The consumer of a new app ``app_id`` on ``redis_url`` (see
+    :func:`connected_consumer`)."""
+    async with connected_consumer(faust.App(app_id, broker=redis_url)) as made:
+        yield made
