@@ -33,12 +33,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from faust.transport import consumer as faust_consumer
 from faust.types import TP, Message
 
+from .client import CONNECTION_ERRORS
 from .eager import resumed, start_eagerly
+from .pacing import Pacer
 
 
 class DeliveryLoop(faust_consumer.Consumer):
@@ -48,13 +51,15 @@ class DeliveryLoop(faust_consumer.Consumer):
     _epochs: dict[TP, int]
     #: The message whose delivery is waiting for room in a stream buffer.
     _delivering: Message | None = None
+    #: The next chunk of a fetch's messages (``FetchingConsumer._parse_some``).
+    _parse_some: Callable[[Any, int], Awaitable[list[Any]]]
 
     def on_buffer_drop(self, tp: TP) -> None:
         super().on_buffer_drop(tp)
         self._buffer_dropped.set()
 
     async def _wait_next_records(
-        self, timeout: float, as_messages: bool = False
+        self, timeout: float, as_messages: bool = False, lazy: bool = False
     ) -> tuple[Any, set[TP] | None]:
         """Faust's version, except that with every partition paused because
         agent buffers are full it waits for a buffer to drain (or
@@ -67,7 +72,7 @@ class DeliveryLoop(faust_consumer.Consumer):
             active: set[TP] | None = None if self.app.client_only else self._get_active_partitions()
             if active is None or active:
                 return await self._getmany(  # type: ignore[call-arg]
-                    active, timeout, as_messages=as_messages
+                    active, timeout, as_messages=as_messages, lazy=lazy
                 ), active
             self._buffer_dropped.clear()
             await self.wait_for_stopped_or(self._buffer_dropped, timeout)
@@ -126,6 +131,10 @@ class DeliveryLoop(faust_consumer.Consumer):
         yield_every = 100
         num_since_yield = 0
         sleep = asyncio.sleep
+        # The turn every ``yield_every`` messages; waits for agents that are
+        # far behind (see .pacing). Not in client-only mode (no handler map).
+        pacer = Pacer(conductor, yield_every) if direct else None
+        parse_some = self._parse_some
         consumer = self
         #: where the last ``deliver`` run stopped (it may finish in a task)
         progress = [0]
@@ -224,18 +233,23 @@ class DeliveryLoop(faust_consumer.Consumer):
                 # As Faust: never loop on fetches without giving the loop a turn.
                 await sleep(0)
                 # Messages, not records (FetchingConsumer._getmany).
-                records, _active = await wait_next_records(1.0, True)
+                # Unparsed entries per partition, made into messages a chunk
+                # (at most ``yield_every``) at a time (FetchingConsumer._getmany).
+                records, _active = await wait_next_records(1.0, True, True)
                 if records and not self.should_stop and self.flow_active:
                     generation_id = app.consumer_generation_id
                     # No await since the fetch checked the epochs: these are the fetch's.
                     started = {tp: get_epoch(tp) for tp in records}
-                    for tp, batch in records.items():
+                    for tp, unparsed in records.items():
                         track(tp, highwater(tp))
                         epoch = started[tp]
-                        i, n = 0, len(batch)
-                        while i < n:
+                        stopped = False
+                        while not stopped:
                             if num_since_yield >= yield_every:
-                                await sleep(0)
+                                if pacer is not None:
+                                    await pacer.turn(tp)
+                                else:
+                                    await sleep(0)
                                 num_since_yield = 0
                             if (
                                 get_epoch(tp) != epoch
@@ -243,39 +257,60 @@ class DeliveryLoop(faust_consumer.Consumer):
                                 or app.consumer_generation_id != generation_id
                             ):
                                 break  # sought, suspended or rebalanced: re-read later
-                            end = min(n, i + yield_every - num_since_yield)
-                            pending = start_eagerly(
-                                deliver(tp, batch, i, end, epoch, generation_id)
-                            )
-                            if pending is not None:
-                                # A delivery has to wait: the rest of the run
-                                # is raced against a suspended flow, as Faust
-                                # races every delivery.
-                                await self.wait_first(pending, self.suspend_flow.wait())
-                                if not pending.done():
-                                    # Abandoned (wait_first cancels it), as Faust
-                                    # abandons a delivery; its offset counts as
-                                    # read, as in Faust's loop.
-                                    message = self._delivering
-                                    self._delivering = None
-                                    if message is not None and get_epoch(tp) == epoch:
-                                        set_read_offset(tp, message.offset)
+                            try:
+                                batch = await parse_some(unparsed, yield_every - num_since_yield)
+                            except CONNECTION_ERRORS as exc:
+                                # Redis went away while dead-lettering: the
+                                # position is after the chunks delivered; the
+                                # rest is read again by a later fetch.
+                                self.log.warning(
+                                    "Dead-lettering in %s failed (%s); will re-read it", tp, exc
+                                )
+                                break
+                            if not batch:
+                                break
+                            i, n = 0, len(batch)
+                            while i < n:
+                                if (
+                                    get_epoch(tp) != epoch
+                                    or not self.flow_active
+                                    or app.consumer_generation_id != generation_id
+                                ):
+                                    stopped = True  # sought, suspended or rebalanced
                                     break
-                            stopped_at = progress[0]
-                            num_since_yield += stopped_at - i
-                            i = stopped_at
-                            if (
-                                i < end
-                                and get_epoch(tp) == epoch
-                                and self.flow_active
-                                and app.consumer_generation_id == generation_id
-                            ):
-                                # A gap or a due commit before record i: Faust's step.
-                                num_since_yield += 1
-                                message = batch[i]
-                                message.generation_id = generation_id
-                                await deliver_one(tp, message, epoch)
-                                i += 1
+                                pending = start_eagerly(
+                                    deliver(tp, batch, i, n, epoch, generation_id)
+                                )
+                                if pending is not None:
+                                    # A delivery has to wait: the rest of the run
+                                    # is raced against a suspended flow, as Faust
+                                    # races every delivery.
+                                    await self.wait_first(pending, self.suspend_flow.wait())
+                                    if not pending.done():
+                                        # Abandoned (wait_first cancels it), as Faust
+                                        # abandons a delivery; its offset counts as
+                                        # read, as in Faust's loop.
+                                        message = self._delivering
+                                        self._delivering = None
+                                        if message is not None and get_epoch(tp) == epoch:
+                                            set_read_offset(tp, message.offset)
+                                        stopped = True
+                                        break
+                                stopped_at = progress[0]
+                                num_since_yield += stopped_at - i
+                                i = stopped_at
+                                if (
+                                    i < n
+                                    and get_epoch(tp) == epoch
+                                    and self.flow_active
+                                    and app.consumer_generation_id == generation_id
+                                ):
+                                    # A gap or a due commit before record i: Faust's step.
+                                    num_since_yield += 1
+                                    message = batch[i]
+                                    message.generation_id = generation_id
+                                    await deliver_one(tp, message, epoch)
+                                    i += 1
                         if not self.flow_active or app.consumer_generation_id != generation_id:
                             break
                 unset_flag(faust_consumer.CONSUMER_FETCHING)

@@ -1,6 +1,6 @@
 """Faust messages straight from a fetch, for entries in the producer's own layout.
 
-Responsible for: the fetch's fast path (see ``FetchingConsumer._parse``):
+Responsible for: the fetch's fast path (see ``FetchingConsumer._parse_some``):
 entries written as ``v <value> k <key> t <ms>`` or ``v <value> t <ms>``
 (:mod:`...schemas.wire`, what our producer writes) with dense offsets become
 :class:`~faust.types.ConsumerMessage` objects without a dict or a record per
@@ -13,7 +13,7 @@ Faust's ``Message.__init__`` is Python setting 20 slots (~0.7 us of the
 ``__init__``'s caller does (``tp_new``: the managed ``__dict__`` is set up)
 and copies the slots that are the same for the whole partition from a
 template message made by ``__init__``. Measured (a 1000-entry stream through
-``_parse``, median of 200): 0.81 -> 0.15 us per message made (freeing a
+``_parse_some``, median of 200): 0.81 -> 0.15 us per message made (freeing a
 message costs ~0.05 us either way); the Python twin 0.85 us.
 
 Both stop at the first entry that is not in the layout, or whose parts are

@@ -109,6 +109,44 @@ return out
 SCRIPT_MAX_STREAMS = 1000
 
 
+class Unparsed:
+    """One stream's entries of a fetch that are not made into records or
+    messages yet: where :meth:`FetchingConsumer._parse_some` goes on."""
+
+    __slots__ = (
+        "as_messages",
+        "dense",
+        "epoch",
+        "fast",
+        "flat",
+        "i",
+        "last",
+        "now",
+        "offset",
+        "remaining",
+        "stream",
+        "tp",
+    )
+    tp: TP
+    stream: bytes
+    #: the fetch's flat reply; the next entry is at ``flat[i]``
+    flat: list[Any]
+    i: int
+    #: entries not taken yet
+    remaining: int
+    #: offset of the last entry taken (dense ids: the next is ``offset + 1``)
+    offset: int
+    dense: bool
+    #: offset of the last entry taken that counts for the position (-1: none)
+    last: int
+    now: float
+    #: the partition's position epoch when read (a seek changes it)
+    epoch: int | None
+    as_messages: bool
+    #: the fast path's (run, plan), for dense ids and messages
+    fast: tuple[Run, Any] | None
+
+
 def flatten(reply: Any) -> list[Any]:
     """An ``XREAD`` reply (RESP3 map, RESP2 pairs, or None: nothing to
     read) in the flat form of :data:`READ_SCRIPT`."""
@@ -161,11 +199,19 @@ class FetchingConsumer(PositionsConsumer):
         return key
 
     async def _getmany(
-        self, active_partitions: set[TP] | None, timeout: float, *, as_messages: bool = False
-    ) -> Mapping[TP, list[Any]]:
+        self,
+        active_partitions: set[TP] | None,
+        timeout: float,
+        *,
+        as_messages: bool = False,
+        lazy: bool = False,
+    ) -> Mapping[TP, Any]:
         """One ``XREAD`` of the partitions: records (:data:`Record`) per
         partition, or with ``as_messages`` Faust messages (what the delivery
-        loop hands on; their ``generation_id`` is set when delivered)."""
+        loop hands on; their ``generation_id`` is set when delivered), or
+        with ``lazy`` an :class:`Unparsed` per partition, whose messages
+        :meth:`_parse_some` makes a chunk at a time (the delivery loop's
+        way: see :mod:`.pacing` for why)."""
         positions = self._positions
         source = self._assigned if active_partitions is None else active_partitions
         tps = [tp for tp in source if tp in positions]
@@ -230,7 +276,7 @@ class FetchingConsumer(PositionsConsumer):
                 self._buffer_dropped.clear()
                 await self.wait_for_stopped_or(self._buffer_dropped, min(timeout, PAUSED_POLL))
             return {}
-        records: dict[TP, list[Any]] = {}
+        records: dict[TP, Any] = {}
         now = time.time()
         pos, end = 0, len(flat)
         while pos < end:
@@ -238,10 +284,17 @@ class FetchingConsumer(PositionsConsumer):
             start = pos + 4
             pos = start + span
             tp = self._tp_of_key[stream]
-            if epochs.get(tp) != started[tp]:
+            epoch = epochs.get(tp)
+            if epoch != started[tp]:
                 continue  # sought while we were reading: drop, re-read from the new position
+            unparsed = self._unparsed(
+                tp, stream, flat, start, n, last_id, now, epoch, as_messages or lazy
+            )
+            if lazy:
+                records[tp] = unparsed
+                continue
             try:
-                out = await self._parse(tp, stream, flat, start, n, last_id, now, as_messages)
+                out = await self._parse_some(unparsed, n)
             except CONNECTION_ERRORS as exc:
                 # Redis went away while dead-lettering. This stream's position
                 # did not move (it is re-read later); the streams parsed so far
@@ -252,11 +305,6 @@ class FetchingConsumer(PositionsConsumer):
                 continue
             if out:
                 records[tp] = out
-                # one sample per stream and fetch: the value size of its last entry
-                last = out[-1].value if as_messages else out[-1][2]
-                if last is not None:
-                    old = sizes.get(tp, 0)
-                    sizes[tp] = len(last) if old == 0 else (3 * old + len(last)) // 4
         return records
 
     async def getmany(self, timeout: float) -> AsyncIterator[tuple[TP, Message]]:
@@ -289,7 +337,7 @@ class FetchingConsumer(PositionsConsumer):
             if not self.flow_active or app.consumer_generation_id != generation_id:
                 return
 
-    async def _parse(
+    def _unparsed(
         self,
         tp: TP,
         stream: bytes,
@@ -298,26 +346,19 @@ class FetchingConsumer(PositionsConsumer):
         n: int,
         last_id: bytes,
         now: float,
-        as_messages: bool = False,
-    ) -> list[Any]:
+        epoch: int | None,
+        as_messages: bool,
+    ) -> Unparsed:
         """The ``n`` entries of a stream at ``flat[i:]`` (:data:`READ_SCRIPT`'s
-        form) -> records (or messages, see ``_getmany``); dead-letters bad
-        ones; advances the position.
-
-        With dense ids, runs of entries in the producer's own layout are made
-        into messages by :mod:`.fastpath` (in C when built); the entry such a
-        run stops at is taken by the code below, then the next run starts.
-        The code below makes a record per entry, and a message from it when
-        messages are asked for."""
-        out: list[Any] = []
-        append = out.append
-        last = -1
+        form), read at position epoch ``epoch``, ready for :meth:`_parse_some`."""
+        u = Unparsed()
+        u.tp, u.stream, u.flat, u.i, u.remaining = tp, stream, flat, i, n
+        u.now, u.epoch, u.as_messages, u.last = now, epoch, as_messages, -1
         # Dense ids: if the first and last entries are ``0-a`` and ``0-b`` with
         # b - a + 1 entries, every id in between is ``0-x`` (ids increase) and
         # they are a, a+1, ..., b: no id needs parsing. Otherwise (a foreign
         # id, or entries deleted in between) each id is parsed.
-        offset = -1
-        dense = False
+        u.offset, u.dense, u.fast = -1, False, None
         if n:
             first_id = flat[i]
             if (
@@ -326,85 +367,121 @@ class FetchingConsumer(PositionsConsumer):
                 and first_id[2:].isdigit()
                 and last_id[2:].isdigit()
             ):
-                offset = int(first_id[2:]) - 2
-                dense = int(last_id[2:]) - offset - 2 == n - 1
-        run: Run | None = None
-        if dense and as_messages:
+                u.offset = int(first_id[2:]) - 2
+                u.dense = int(last_id[2:]) - u.offset - 2 == n - 1
+            if last_id[:2] == b"0-" and last_id[2:].isdigit() and tp in self._positions:
+                # the offset after the last entry (offset = sequence - 1), known
+                # before any entry is parsed
+                end = int(last_id[2:])
+                if end > self._highwaters.get(tp, 0):
+                    self._highwaters[tp] = end
+        if u.dense and as_messages:
             plans = self._message_plans
-            entry = plans.get(tp)
-            if entry is None:
-                entry = plans[tp] = fast_run(tp)
-            run, plan = entry
-        remaining = n
-        while remaining > 0:
-            if run is not None:
-                made = len(out)
-                i = run(plan, flat, i, remaining, offset + 1, out)
-                made = len(out) - made
-                if made:
-                    offset += made
-                    last = offset
-                    remaining -= made
-                    if not remaining:
+            fast = plans.get(tp)
+            if fast is None:
+                fast = plans[tp] = fast_run(tp)
+            u.fast = fast
+        return u
+
+    async def _parse_some(self, u: Unparsed, limit: int) -> list[Any]:
+        """The next (up to) ``limit`` records (or messages) of ``u``;
+        dead-letters bad entries on the way; advances the position (unless
+        the partition was sought meanwhile). Empty: ``u`` is done.
+
+        With dense ids, runs of entries in the producer's own layout are made
+        into messages by :mod:`.fastpath` (in C when built); the entry such a
+        run stops at is taken by the code below, then the next run starts.
+        The code below makes a record per entry, and a message from it when
+        messages are asked for."""
+        tp, flat, as_messages = u.tp, u.flat, u.as_messages
+        out: list[Any] = []
+        append = out.append
+        i, remaining, offset, dense, last = u.i, u.remaining, u.offset, u.dense, u.last
+        try:
+            while remaining > 0 and len(out) < limit:
+                if u.fast is not None:
+                    run, plan = u.fast
+                    made = len(out)
+                    i = run(plan, flat, i, min(remaining, limit - made), offset + 1, out)
+                    made = len(out) - made
+                    if made:
+                        offset += made
+                        last = offset
+                        remaining -= made
+                        if not remaining or len(out) >= limit:
+                            break
+                remaining -= 1
+                entry_id, nf = flat[i], flat[i + 1]
+                at = i + 2
+                i = at + nf
+                if dense:
+                    offset += 1
+                else:
+                    if entry_id[:2] != b"0-":
+                        # Foreign id: it and everything after it are foreign (see
+                        # deadletter.py). Move them away; the next fetch goes on.
+                        remaining = 0
+                        await self.transport.dead_letters.repair_stream(tp.topic, tp.partition)
                         break
-            remaining -= 1
-            entry_id, nf = flat[i], flat[i + 1]
-            at = i + 2
-            i = at + nf
-            if dense:
-                offset += 1
-            else:
-                if entry_id[:2] != b"0-":
-                    # Foreign id: it and everything after it are foreign (see
-                    # deadletter.py). Move them away; the next fetch goes on.
-                    await self.transport.dead_letters.repair_stream(tp.topic, tp.partition)
-                    break
-                offset = int(entry_id[2:]) - 1
-            last = offset
-            # Fast path: the producer's own layout (producer.py), ``v <value>
-            # k <key> t <ms>`` or ``v <value> t <ms>``; anything else (headers,
-            # tombstones, other writers' fields, bad values) takes the general path.
-            if nf == 6:
-                f_value, value, f_key, key, f_ts, ts_raw = flat[at:i]
-                fast = f_value == VALUE and f_key == KEY and f_ts == TIMESTAMP and ts_raw.isdigit()
-            elif nf == 4:
-                f_value, value, f_ts, ts_raw = flat[at:i]
-                key = None
-                fast = f_value == VALUE and f_ts == TIMESTAMP and ts_raw.isdigit()
-            else:
-                fast = False
-            if fast:
-                record: Record = (offset, key, value, int(ts_raw) / 1000.0, None)
+                    offset = int(entry_id[2:]) - 1
+                last = offset
+                # Fast path: the producer's own layout (producer.py), ``v <value>
+                # k <key> t <ms>`` or ``v <value> t <ms>``; anything else (headers,
+                # tombstones, other writers' fields, bad values) takes the general path.
+                if nf == 6:
+                    f_value, value, f_key, key, f_ts, ts_raw = flat[at:i]
+                    fast = (
+                        f_value == VALUE and f_key == KEY and f_ts == TIMESTAMP and ts_raw.isdigit()
+                    )
+                elif nf == 4:
+                    f_value, value, f_ts, ts_raw = flat[at:i]
+                    key = None
+                    fast = f_value == VALUE and f_ts == TIMESTAMP and ts_raw.isdigit()
+                else:
+                    fast = False
+                if fast:
+                    record: Record = (offset, key, value, int(ts_raw) / 1000.0, None)
+                    append(self._to_message(tp, record, None) if as_messages else record)
+                    continue
+                fields = flat[at:i]
+                try:
+                    d = dict(zip(fields[::2], fields[1::2], strict=True))
+                    value = d.get(VALUE)
+                    if value is None:
+                        raise ValueError("entry has no 'v' (value) field")
+                    ts_raw = d.get(TIMESTAMP)
+                    ts = int(ts_raw) / 1000.0 if ts_raw is not None else u.now
+                    h_raw = d.get(HEADERS)
+                    headers = (
+                        [(str(k), str(v).encode()) for k, v in orjson.loads(h_raw).items()]
+                        if h_raw is not None
+                        else None
+                    )
+                except (ValueError, AttributeError, TypeError) as exc:
+                    await self.transport.dead_letters.dead_letter(
+                        tp.topic, u.stream, entry_id, fields, str(exc)
+                    )
+                    self._ack_skipped(tp, offset)
+                    continue
+                if TOMBSTONE in d:
+                    value = None
+                record = (offset, d.get(KEY), value, ts, headers)
                 append(self._to_message(tp, record, None) if as_messages else record)
-                continue
-            fields = flat[at:i]
-            try:
-                d = dict(zip(fields[::2], fields[1::2], strict=True))
-                value = d.get(VALUE)
-                if value is None:
-                    raise ValueError("entry has no 'v' (value) field")
-                ts_raw = d.get(TIMESTAMP)
-                ts = int(ts_raw) / 1000.0 if ts_raw is not None else now
-                h_raw = d.get(HEADERS)
-                headers = (
-                    [(str(k), str(v).encode()) for k, v in orjson.loads(h_raw).items()]
-                    if h_raw is not None
-                    else None
-                )
-            except (ValueError, AttributeError, TypeError) as exc:
-                await self.transport.dead_letters.dead_letter(
-                    tp.topic, stream, entry_id, fields, str(exc)
-                )
-                self._ack_skipped(tp, offset)
-                continue
-            if TOMBSTONE in d:
-                value = None
-            record = (offset, d.get(KEY), value, ts, headers)
-            append(self._to_message(tp, record, None) if as_messages else record)
-        if last >= 0:
+        finally:
+            u.i, u.remaining, u.offset, u.last = i, remaining, offset, last
+        # Not if the partition was sought (or revoked) while dead-lettering:
+        # the seek set the position.
+        if last >= 0 and self._epochs.get(tp) == u.epoch and tp in self._positions:
             self._positions[tp] = last + 1
             if last + 1 > self._highwaters.get(tp, 0):
                 self._highwaters[tp] = last + 1
+        if out:
+            # one sample per chunk: the value size of its last entry
+            sample = out[-1].value if as_messages else out[-1][2]
+            if sample is not None:
+                sizes = self._entry_bytes
+                old = sizes.get(tp, 0)
+                sizes[tp] = len(sample) if old == 0 else (3 * old + len(sample)) // 4
         return out
 
     def _ack_skipped(self, tp: TP, offset: int) -> None:

@@ -1,5 +1,5 @@
 """A redis:// consumer connected to Redis outside a worker, for the tests of
-the fetch path (``_getmany``, ``_parse``) and of producing and consuming; its
+the fetch path (``_getmany``, ``_parse_some``) and of producing and consuming; its
 ``conftest`` fixture is ``consumer``."""
 
 from __future__ import annotations
