@@ -28,8 +28,9 @@ channel
 null
     Same child and agent on an empty topic of its own, fed by a task that hands
     ready-made ``ConsumerMessage`` objects of the assigned partitions to the
-    conductor (``app.topics.on_message``), as a transport does: a transport that
-    costs nothing. consume / null is the share left to the redis:// transport.
+    conductor (``app.topics.on_message``), paced as the redis:// delivery loop
+    paces itself, as a transport does: a transport that costs nothing.
+    consume / null is the share left to the redis:// transport.
 raw_xread
     In this process: plain redis-py ``XREAD COUNT 1000`` over all partitions
     until N entries were read; N / elapsed.
@@ -277,10 +278,14 @@ def child_main(args: argparse.Namespace) -> None:
             # A transport that costs nothing: ready-made ConsumerMessages of the
             # assigned topic, handed to Faust's conductor as the redis:// delivery loop
             # does (topic decode, per-partition handler, stream buffer, acks, commits):
-            # "fetches" of up to 125 messages per unpaused partition, a loop turn
-            # every 100 messages, and a wait for a buffer to drain while every
-            # partition is paused because its stream buffer is full.
+            # "fetches" of up to 125 messages per unpaused partition, the delivery
+            # loop's paced turn every 100 messages (processors/transport/pacing.py),
+            # and a wait for a buffer to drain while every partition is paused
+            # because its stream buffer is full.
+            from tierstream.processors.transport.pacing import Pacer
+
             generation = await wait_until_flowing()
+            pacer = Pacer(app.topics, 100)
             on_message = app.topics.on_message
             consumer: Any = app.consumer
             paused = consumer._buffered_partitions
@@ -299,7 +304,7 @@ def child_main(args: argparse.Namespace) -> None:
                         key, value = key_of(i), values[i]
                         since_yield += 1
                         if since_yield > 100:
-                            await asyncio.sleep(0)
+                            await pacer.turn(tp, tps)
                             since_yield = 0
                         await on_message(
                             ConsumerMessage(

@@ -2,9 +2,9 @@
 
 Responsible for: the delivery loop's turn every ``yield_every`` messages
 (:mod:`.delivery`). Where that turn used to be one loop turn, it now waits,
-when an agent's buffer holds more than :data:`PACE_DEPTH` events, until the
-agent has taken enough of them that the next ``yield_every`` fit under the
-depth again.
+when an agent's buffer holds more than :data:`PACE_LEVEL` events, until the
+agent has taken it down to that level (at most two steps of
+``yield_every`` events per turn).
 
 Why: Faust's stream takes one event per loop turn (its iterator awaits
 ``sleep(0)`` per event), and the delivery loop delivered ``yield_every`` per
@@ -23,19 +23,25 @@ with the fetch made into messages a chunk at a time (``_parse_some``) the
 worker allocates at most a few hundred objects more than it frees.
 
 How the wait is kept cheap: an asyncio queue wakes one waiting putter per
-get. :func:`drained` puts ``gets - 1`` stand-ins (:data:`TICK`, whose
-``done()`` and ``set_result()`` are C built-ins that do nothing) and then a
+get. :func:`drained` puts ``gets - 1`` stand-ins (:class:`_Ticks`, whose
+``done()``, ``set_result()`` and ``cancel()`` are C built-ins) and then a
 future in the queue's putters: the agent's gets pop them in turn, and the
-``gets``-th wakes the delivery loop. One future and one timer per
-``yield_every`` messages; per get, a pop and two C calls.
+``gets``-th wakes the delivery loop. When the wait is over, the stand-ins
+still in the queue say they are done, and later gets skip them. One future
+and one timer per ``yield_every`` messages; per get, a pop and two C calls.
 
-Never a stall: a wait ends after :data:`PACE_WAIT` seconds whatever the
-agent did, and an agent that made it wait that long (a slow agent: one
+Never a stall for others: while the loop waits for one agent, the other
+agents whose partitions are in the fetch being delivered have stand-ins of
+the same future in their queues, down to :data:`HUNGRY` events: the first
+of them to run that low ends the wait (and one that is that low already
+means no wait). A wait also ends after :data:`PACE_WAIT` seconds whatever
+the agent did; an agent that made it wait that long (a slow agent: one
 whose buffer is deep because it is slow, not because deliveries came in a
-burst) is not waited for again for :data:`SLOW_FOR` seconds, so other
-partitions and agents are not held up by it: its buffer fills up to
-Faust's pressure mark, as without pacing. A buffer cleared by a rebalance
-(``ThrowableQueue.clear`` cancels its putters) ends the wait too.
+burst) is not waited for again for :data:`SLOW_FOR` seconds, and its
+buffer fills up to Faust's pressure mark, as without pacing. A time-out
+that comes late (the loop itself was held up, say by a full garbage
+collection) does not count the agent as slow. A buffer cleared by a
+rebalance (``ThrowableQueue.clear`` cancels its putters) ends the wait too.
 """
 
 from __future__ import annotations
@@ -43,13 +49,19 @@ from __future__ import annotations
 import asyncio
 import time
 import weakref
+from collections.abc import Iterable
 from itertools import repeat
 from typing import Any
 
 from faust.types import TP
 
-#: Events in an agent's buffer above which the delivery loop waits for it.
-PACE_DEPTH = 256
+#: The delivery loop's turn waits until an agent's buffer is down to this many
+#: events (taking at most two steps of events per turn).
+PACE_LEVEL = 200
+
+#: The buffer of an agent of another partition of the fetch being delivered
+#: this low ends a wait (that agent needs its entries delivered).
+HUNGRY = 100
 
 #: Longest wait for an agent to take events (seconds).
 PACE_WAIT = 0.02
@@ -57,67 +69,79 @@ PACE_WAIT = 0.02
 #: How long an agent that made the loop wait ``PACE_WAIT`` is not waited for.
 SLOW_FOR = 1.0
 
-
-class _Tick:
-    """Stands in a queue's waiting putters: what ``Queue._wakeup_next`` and
-    ``ThrowableQueue.clear`` call on it are C built-ins that do nothing."""
-
-    __slots__ = ()
-    done = bool  # done() -> False: "wake me"
-    cancel = bool  # cancel() -> False
-    set_result = id  # set_result(None): nothing
+#: A queue's waiting putters are purged of finished stand-ins above this many.
+PUTTERS_PURGE = 4096
 
 
-TICK = _Tick()
+class _Ticks:
+    """Stands in a queue's waiting putters for one wait: what
+    ``Queue._wakeup_next`` and ``ThrowableQueue.clear`` call on it are C
+    built-ins. ``done()`` is false (a get that pops it counts as one of the
+    gets waited for) until the wait is over, then true: a get skips it."""
 
-#: result of a wait that ran out of time (a get sets None)
-_TIMED_OUT = False
+    __slots__ = ("cancel", "done", "over", "set_result")
+
+    def __init__(self) -> None:
+        self.over: list[bool] = []
+        self.done = self.cancel = self.over.__len__
+        self.set_result = id
 
 
-def _time_out(future: asyncio.Future[Any]) -> None:
+#: results of a wait that ran out of time: on time (the agent is slow) or
+#: late (the loop itself was held up, e.g. by a garbage collection)
+_TIMED_OUT = "timed out"
+_LATE = "late"
+
+
+def _time_out(future: asyncio.Future[Any], deadline: float, timeout: float) -> None:
     if not future.done():
-        future.set_result(_TIMED_OUT)
+        late = future.get_loop().time() - deadline > timeout / 2
+        future.set_result(_LATE if late else _TIMED_OUT)
 
 
-async def drained(queue: asyncio.Queue[Any], gets: int, timeout: float | None = None) -> bool:
-    """Wait until ``gets`` items were taken from ``queue`` (or it was
-    cleared): True; or until ``timeout`` (default :data:`PACE_WAIT`)
-    passed: False."""
+async def drained(
+    waits: list[tuple[asyncio.Queue[Any], int]], timeout: float | None = None
+) -> bool | None:
+    """Wait until, for one of ``waits``, ``gets`` items were taken from its
+    queue (or a queue was cleared): True; or until ``timeout`` (default
+    :data:`PACE_WAIT`) passed: False, or None if the loop was held up so
+    that the time-out came late."""
     if timeout is None:
         timeout = PACE_WAIT
     loop = asyncio.get_running_loop()
     future: asyncio.Future[Any] = loop.create_future()
-    putters: Any = queue._putters  # type: ignore[attr-defined]
-    if gets > 1:
-        putters.extend(repeat(TICK, gets - 1))
-    putters.append(future)
-    timer = loop.call_later(timeout, _time_out, future)
+    ticks = _Ticks()
+    for queue, gets in waits:
+        putters: Any = queue._putters  # type: ignore[attr-defined]
+        if len(putters) > PUTTERS_PURGE:
+            kept = [p for p in putters if not p.done()]
+            putters.clear()
+            putters.extend(kept)
+        if gets > 1:
+            putters.extend(repeat(ticks, gets - 1))
+        putters.append(future)
+    deadline = loop.time() + timeout
+    timer = loop.call_at(deadline, _time_out, future, deadline, timeout)
     try:
         await future
     except asyncio.CancelledError:
         task = asyncio.current_task()
         if not future.cancelled() or (task is not None and task.cancelling()):
             raise
-        # The queue was cleared (its putters cancelled): nothing left to take.
+        # A queue was cleared (its putters cancelled): nothing left to take.
         return True
     finally:
         timer.cancel()
-        # Woken by a get, every stand-in before the future was taken too.
-        if future.cancelled() or not future.done() or future.result() is _TIMED_OUT:
-            _remove(putters, future)
-    return future.result() is not _TIMED_OUT
-
-
-def _remove(putters: Any, future: asyncio.Future[Any]) -> None:
-    """Take this wait's stand-ins and future out of ``putters``."""
-    kept = [p for p in putters if p is not TICK and p is not future]
-    putters.clear()
-    putters.extend(kept)
+        # The stand-ins left in the queues are skipped from now on (and the
+        # future, done, too).
+        ticks.over.append(True)
+    result = future.result()
+    return True if result is None else (None if result is _LATE else False)
 
 
 class Pacer:
     """The delivery loop's turn: waits for the agents of a partition whose
-    buffers are deeper than :data:`PACE_DEPTH` (see the module doc)."""
+    buffers hold more than :data:`PACE_LEVEL` events (see the module doc)."""
 
     def __init__(self, conductor: Any, step: int) -> None:
         #: the conductor's channels per partition (Faust's ``_tp_index``)
@@ -127,30 +151,53 @@ class Pacer:
         #: queue -> monotonic time until which it is not waited for
         self._slow: weakref.WeakKeyDictionary[Any, float] = weakref.WeakKeyDictionary()
 
-    async def turn(self, tp: TP) -> None:
+    async def turn(self, tp: TP, fetched: Iterable[TP] = ()) -> None:
         """A loop turn after ``tp``'s deliveries; a wait while one of its
-        agents' buffers is deep and the agent keeps up."""
-        waited = False
-        for chan in tuple(self._index.get(tp, ())):
+        agents' buffers is above the level and the agent keeps up, unless an agent of
+        another partition of the fetch (``fetched``) is about to run dry."""
+        index = self._index
+        step = self._step
+        deep: list[Any] = []
+        waits: list[tuple[Any, int]] = []
+        slow = self._slow
+        for chan in index.get(tp, ()):
             queue = getattr(chan, "queue", None)
             if queue is None:
                 continue
             size = queue.qsize()
-            if size <= PACE_DEPTH or (queue.maxsize and queue.maxsize < 2 * PACE_DEPTH):
+            if size <= PACE_LEVEL or (queue.maxsize and queue.maxsize < 2 * PACE_LEVEL):
                 continue
-            slow = self._slow
             if slow:
                 until = slow.get(queue)
                 if until is not None:
                     if time.monotonic() < until:
                         continue
                     del slow[queue]
-            waited = True
-            # Down to the depth minus a step, at most two steps per turn (a
-            # buffer filled before, e.g. while this agent was slow, drains
-            # over several turns: every turn allocates what the agent freed).
-            gets = min(size - PACE_DEPTH + self._step, 2 * self._step)
-            if not await drained(queue, gets):
-                slow[queue] = time.monotonic() + SLOW_FOR
-        if not waited:
+            deep.append(queue)
+            # Down to the level, at most two steps per turn (a buffer filled
+            # before, e.g. while this agent was slow, drains over several
+            # turns: every turn allocates about what the agent freed).
+            waits.append((queue, min(size - PACE_LEVEL, 2 * step)))
+        if not waits:
             await asyncio.sleep(0)
+            return
+        # The other agents of the fetch: one that runs low ends the wait (one
+        # that is low already, no wait).
+        seen = set(deep)
+        for other in fetched:
+            if other == tp:
+                continue
+            for chan in index.get(other, ()):
+                queue = getattr(chan, "queue", None)
+                if queue is None or queue in seen:
+                    continue
+                seen.add(queue)
+                size = queue.qsize()
+                if size <= HUNGRY:
+                    await asyncio.sleep(0)
+                    return
+                waits.append((queue, size - HUNGRY))
+        if await drained(waits) is False:
+            until = time.monotonic() + SLOW_FOR
+            for queue in deep:
+                slow[queue] = until

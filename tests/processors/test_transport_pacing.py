@@ -21,7 +21,7 @@ import pytest
 import redis
 from faust.types import TP
 from tierstream.processors.transport import pacing
-from tierstream.processors.transport.pacing import PACE_DEPTH, Pacer, drained
+from tierstream.processors.transport.pacing import PACE_LEVEL, Pacer, drained
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import faustproc as fp
@@ -33,6 +33,10 @@ def _topic(redis_url: str, unique: str, maxsize: int = 4096) -> tuple[faust.App,
     app = faust.App(unique, broker=redis_url, web_enabled=False, stream_buffer_maxsize=maxsize)
     app.flow_control.resume()
     return app, app.topic(unique).clone(is_iterator=True)
+
+
+def _hold_up_the_loop(seconds: float) -> None:
+    time.sleep(seconds)
 
 
 async def _agent(queue: Any, gets: int, taken: list[Any]) -> None:
@@ -47,7 +51,7 @@ async def test_wait_ends_after_exactly_the_gets_asked_for(redis_url: str, unique
     queue = topic.queue
     for i in range(50):
         queue.put_nowait(i)
-    wait = asyncio.ensure_future(drained(queue, 7, timeout=30))
+    wait = asyncio.ensure_future(drained([(queue, 7)], timeout=30))
     await asyncio.sleep(0)
     taken: list[Any] = []
     await _agent(queue, 6, taken)
@@ -59,17 +63,39 @@ async def test_wait_ends_after_exactly_the_gets_asked_for(redis_url: str, unique
     assert len(queue._putters) == 0
 
 
-async def test_a_wait_that_times_out_leaves_no_stand_ins(redis_url: str, unique: str) -> None:
-    _app, topic = _topic(redis_url, unique)
+async def test_after_a_time_out_the_stand_ins_are_skipped(redis_url: str, unique: str) -> None:
+    _app, topic = _topic(redis_url, unique, maxsize=20)
     queue = topic.queue
     for i in range(20):
         queue.put_nowait(i)
     t0 = time.monotonic()
-    wait = asyncio.ensure_future(drained(queue, 10, timeout=0.05))
+    wait = asyncio.ensure_future(drained([(queue, 10)], timeout=0.05))
     await _agent(queue, 2, [])
     assert await wait is False
     assert 0.04 < time.monotonic() - t0 < 5
+    # Full again; Faust's put waits behind the 7 stand-ins and the future
+    # left over: the next get wakes it all the same.
+    queue.put_nowait(20)
+    queue.put_nowait(21)
+    put = asyncio.ensure_future(queue.put(22))
+    await asyncio.sleep(0)
+    assert not put.done()
+    await _agent(queue, 1, [])
+    await asyncio.wait_for(put, 5)
     assert len(queue._putters) == 0
+
+
+async def test_a_time_out_that_comes_late_is_not_the_agents_doing(
+    redis_url: str, unique: str
+) -> None:
+    _app, topic = _topic(redis_url, unique)
+    queue = topic.queue
+    for i in range(20):
+        queue.put_nowait(i)
+    wait = asyncio.ensure_future(drained([(queue, 10)], timeout=0.02))
+    await asyncio.sleep(0)
+    _hold_up_the_loop(0.1)  # (a long garbage collection, say)
+    assert await wait is None
 
 
 async def test_faust_putters_still_get_their_turns(redis_url: str, unique: str) -> None:
@@ -82,7 +108,7 @@ async def test_faust_putters_still_get_their_turns(redis_url: str, unique: str) 
     put = asyncio.ensure_future(queue.put(5))
     await asyncio.sleep(0)
     assert not put.done()
-    wait = asyncio.ensure_future(drained(queue, 2, timeout=30))
+    wait = asyncio.ensure_future(drained([(queue, 2)], timeout=30))
     await asyncio.sleep(0)
     taken: list[Any] = []
     await _agent(queue, 1, taken)
@@ -101,7 +127,7 @@ async def test_a_cleared_queue_ends_the_wait(redis_url: str, unique: str) -> Non
     queue = topic.queue
     for i in range(30):
         queue.put_nowait(i)
-    wait = asyncio.ensure_future(drained(queue, 20, timeout=30))
+    wait = asyncio.ensure_future(drained([(queue, 20)], timeout=30))
     await asyncio.sleep(0)
     queue.clear()
     assert await asyncio.wait_for(wait, 5) is True
@@ -115,11 +141,13 @@ async def test_cancelling_the_waiting_task_cancels_and_cleans_up(
     queue = topic.queue
     for i in range(30):
         queue.put_nowait(i)
-    wait = asyncio.ensure_future(drained(queue, 20, timeout=30))
+    wait = asyncio.ensure_future(drained([(queue, 20)], timeout=30))
     await asyncio.sleep(0)
     wait.cancel()
     with pytest.raises(asyncio.CancelledError):
         await wait
+    # what is left is skipped by the next get
+    await _agent(queue, 1, [])
     assert len(queue._putters) == 0
 
 
@@ -139,21 +167,20 @@ def _pacer(app: faust.App, tp: TP, topic: Any, step: int = 100) -> Pacer:
     return Pacer(conductor, step)
 
 
-async def test_pacer_waits_for_a_deep_buffer_until_it_is_a_step_below_the_depth(
+async def test_pacer_waits_until_the_buffer_is_down_to_the_level(
     redis_url: str, unique: str
 ) -> None:
     app, topic = _topic(redis_url, unique)
     tp = TP(unique, 0)
     pacer = _pacer(app, tp, topic)
     queue = topic.queue
-    for i in range(PACE_DEPTH + 50):
+    for i in range(PACE_LEVEL + 70):
         queue.put_nowait(i)
     turn = asyncio.ensure_future(pacer.turn(tp))
     taken: list[Any] = []
-    # 50 above the depth: down to a step (100) below it
     await _take_until_done(queue, turn, taken)
-    assert len(taken) == 150
-    assert queue.qsize() == PACE_DEPTH - 100
+    assert len(taken) == 70
+    assert queue.qsize() == PACE_LEVEL
 
 
 async def test_pacer_takes_at_most_two_steps_per_turn(redis_url: str, unique: str) -> None:
@@ -173,16 +200,47 @@ async def test_pacer_does_not_wait_for_a_shallow_buffer(redis_url: str, unique: 
     app, topic = _topic(redis_url, unique)
     tp = TP(unique, 0)
     pacer = _pacer(app, tp, topic)
-    for i in range(PACE_DEPTH):
+    for i in range(PACE_LEVEL):
         topic.queue.put_nowait(i)
     await asyncio.wait_for(pacer.turn(tp), 1)
-    assert topic.queue.qsize() == PACE_DEPTH
+    assert topic.queue.qsize() == PACE_LEVEL
     # nor for a partition no agent reads, nor for a small buffer
     await asyncio.wait_for(pacer.turn(TP(unique, 1)), 1)
-    app2, small = _topic(redis_url, unique + "s", maxsize=2 * PACE_DEPTH - 1)
-    for i in range(PACE_DEPTH + 10):
+    app2, small = _topic(redis_url, unique + "s", maxsize=2 * PACE_LEVEL - 1)
+    for i in range(PACE_LEVEL + 10):
         small.queue.put_nowait(i)
     await asyncio.wait_for(_pacer(app2, tp, small).turn(tp), 1)
+
+
+async def test_another_agent_running_low_ends_the_wait(redis_url: str, unique: str) -> None:
+    # Partitions 0 and 1 of the fetch go to different agents (a) and (b); an
+    # agent of partition 2 (c) is not in the fetch.
+    app, a = _topic(redis_url, unique)
+    _app_b, b = _topic(redis_url, unique + "b")
+    _app_c, c = _topic(redis_url, unique + "c")
+    tps = [TP(unique, p) for p in range(3)]
+    pacer = _pacer(app, tps[0], a)
+    index: Any = app.topics
+    index._tp_index[tps[1]].add(b)
+    index._tp_index[tps[2]].add(c)
+    for i in range(PACE_LEVEL + 100):
+        a.queue.put_nowait(i)
+    for i in range(pacing.HUNGRY + 30):
+        b.queue.put_nowait(i)
+    # (c is empty, but has nothing in this fetch)
+    turn = asyncio.ensure_future(pacer.turn(tps[0], tps[:2]))
+    taken: list[Any] = []
+    await _take_until_done(b.queue, turn, taken)
+    assert len(taken) == 30
+    assert a.queue.qsize() == PACE_LEVEL + 100
+    # b that low already: no wait at all
+    await asyncio.wait_for(pacer.turn(tps[0], tps[:2]), 1)
+    assert b.queue.qsize() == pacing.HUNGRY
+    # and without b in the fetch, the wait is for a
+    taken = []
+    turn = asyncio.ensure_future(pacer.turn(tps[0], [tps[0]]))
+    await _take_until_done(a.queue, turn, taken)
+    assert len(taken) == 100
 
 
 async def test_a_slow_agent_is_waited_for_once_then_left_alone(
@@ -192,7 +250,7 @@ async def test_a_slow_agent_is_waited_for_once_then_left_alone(
     app, topic = _topic(redis_url, unique)
     tp = TP(unique, 0)
     pacer = _pacer(app, tp, topic)
-    for i in range(PACE_DEPTH + 100):
+    for i in range(PACE_LEVEL + 300):
         topic.queue.put_nowait(i)
     t0 = time.monotonic()
     await pacer.turn(tp)  # nobody takes anything
@@ -201,7 +259,6 @@ async def test_a_slow_agent_is_waited_for_once_then_left_alone(
     for _ in range(20):
         await pacer.turn(tp)
     assert time.monotonic() - t1 < 0.04
-    assert len(topic.queue._putters) == 0
     # once SLOW_FOR has passed it is waited for again
     monkeypatch.setattr(pacing, "SLOW_FOR", 0.0)
     pacer._slow.clear()
