@@ -247,7 +247,7 @@ class DeliveryLoop(faust_consumer.Consumer):
                         while not stopped:
                             if num_since_yield >= yield_every:
                                 if pacer is not None:
-                                    await pacer.turn(tp)
+                                    await pacer.turn(tp, records)
                                 else:
                                     await sleep(0)
                                 num_since_yield = 0
