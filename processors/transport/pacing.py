@@ -20,7 +20,9 @@ of it 1.0 in the full ones). An in-memory channel, whose feeder waits for
 room at every message, allocates as its agent frees and had none. Paced,
 deliveries and the agent's frees alternate in steps of ``yield_every``, and
 with the fetch made into messages a chunk at a time (``_parse_some``) the
-worker allocates at most a few hundred objects more than it frees.
+worker allocates at most a few hundred objects more than it frees: ~80-150
+young collections and 1 full per 200k messages, 0.2-0.3 us a message, and
+consume/channel 0.77 -> 0.91 (bench/transport.py, medians of 3).
 
 How the wait is kept cheap: an asyncio queue wakes one waiting putter per
 get. :func:`drained` puts ``gets - 1`` stand-ins (:class:`_Ticks`, whose
