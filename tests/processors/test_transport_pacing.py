@@ -35,6 +35,15 @@ def _topic(redis_url: str, unique: str, maxsize: int = 4096) -> tuple[faust.App,
     return app, app.topic(unique).clone(is_iterator=True)
 
 
+def _filled(redis_url: str, unique: str, n: int, maxsize: int = 4096) -> Any:
+    """A stream buffer (a topic's queue) holding ``0 .. n - 1``."""
+    _app, topic = _topic(redis_url, unique, maxsize)
+    queue = topic.queue
+    for i in range(n):
+        queue.put_nowait(i)
+    return queue
+
+
 def _hold_up_the_loop(seconds: float) -> None:
     time.sleep(seconds)
 
@@ -47,10 +56,7 @@ async def _agent(queue: Any, gets: int, taken: list[Any]) -> None:
 
 
 async def test_wait_ends_after_exactly_the_gets_asked_for(redis_url: str, unique: str) -> None:
-    _app, topic = _topic(redis_url, unique)
-    queue = topic.queue
-    for i in range(50):
-        queue.put_nowait(i)
+    queue = _filled(redis_url, unique, 50)
     wait = asyncio.ensure_future(drained([(queue, 7)], timeout=30))
     await asyncio.sleep(0)
     taken: list[Any] = []
@@ -64,10 +70,7 @@ async def test_wait_ends_after_exactly_the_gets_asked_for(redis_url: str, unique
 
 
 async def test_after_a_time_out_the_stand_ins_are_skipped(redis_url: str, unique: str) -> None:
-    _app, topic = _topic(redis_url, unique, maxsize=20)
-    queue = topic.queue
-    for i in range(20):
-        queue.put_nowait(i)
+    queue = _filled(redis_url, unique, 20, maxsize=20)
     t0 = time.monotonic()
     wait = asyncio.ensure_future(drained([(queue, 10)], timeout=0.05))
     await _agent(queue, 2, [])
@@ -88,10 +91,7 @@ async def test_after_a_time_out_the_stand_ins_are_skipped(redis_url: str, unique
 async def test_a_time_out_that_comes_late_is_not_the_agents_doing(
     redis_url: str, unique: str
 ) -> None:
-    _app, topic = _topic(redis_url, unique)
-    queue = topic.queue
-    for i in range(20):
-        queue.put_nowait(i)
+    queue = _filled(redis_url, unique, 20)
     wait = asyncio.ensure_future(drained([(queue, 10)], timeout=0.02))
     await asyncio.sleep(0)
     _hold_up_the_loop(0.1)  # (a long garbage collection, say)
@@ -101,10 +101,7 @@ async def test_a_time_out_that_comes_late_is_not_the_agents_doing(
 async def test_faust_putters_still_get_their_turns(redis_url: str, unique: str) -> None:
     # A full buffer: the conductor's put waits for room (asyncio's putter);
     # a pacing wait queued behind it does not take its wake-up.
-    _app, topic = _topic(redis_url, unique, maxsize=5)
-    queue = topic.queue
-    for i in range(5):
-        queue.put_nowait(i)
+    queue = _filled(redis_url, unique, 5, maxsize=5)
     put = asyncio.ensure_future(queue.put(5))
     await asyncio.sleep(0)
     assert not put.done()
@@ -123,10 +120,7 @@ async def test_faust_putters_still_get_their_turns(redis_url: str, unique: str) 
 async def test_a_cleared_queue_ends_the_wait(redis_url: str, unique: str) -> None:
     # A rebalance clears the buffers (ThrowableQueue.clear cancels the putters):
     # nothing is left to wait for, and the waiting task is not cancelled.
-    _app, topic = _topic(redis_url, unique)
-    queue = topic.queue
-    for i in range(30):
-        queue.put_nowait(i)
+    queue = _filled(redis_url, unique, 30)
     wait = asyncio.ensure_future(drained([(queue, 20)], timeout=30))
     await asyncio.sleep(0)
     queue.clear()
@@ -137,10 +131,7 @@ async def test_a_cleared_queue_ends_the_wait(redis_url: str, unique: str) -> Non
 async def test_cancelling_the_waiting_task_cancels_and_cleans_up(
     redis_url: str, unique: str
 ) -> None:
-    _app, topic = _topic(redis_url, unique)
-    queue = topic.queue
-    for i in range(30):
-        queue.put_nowait(i)
+    queue = _filled(redis_url, unique, 30)
     wait = asyncio.ensure_future(drained([(queue, 20)], timeout=30))
     await asyncio.sleep(0)
     wait.cancel()
