@@ -107,10 +107,15 @@ async def overhead(url: str, calls: int, blocks: int, real_redis: bool) -> dict[
 def report_overhead(title: str, oh: dict[str, float], n: int) -> float:
     print(f"{title} ({n} calls each, interleaved blocks)")
     print("  get() latency, us          p50      p99    p99.9")
-    for name, label in (("base", "tier called directly"), ("nosink", "TieredMemory, no sink"),
-                        ("full", "TieredMemory+Publisher")):
-        print(f"  {label:24}{oh[name + '_p50']:7.2f}  {oh[name + '_p99']:7.2f}  "
-              f"{oh[name + '_p99.9']:7.2f}")
+    for name, label in (
+        ("base", "tier called directly"),
+        ("nosink", "TieredMemory, no sink"),
+        ("full", "TieredMemory+Publisher"),
+    ):
+        print(
+            f"  {label:24}{oh[name + '_p50']:7.2f}  {oh[name + '_p99']:7.2f}  "
+            f"{oh[name + '_p99.9']:7.2f}"
+        )
     over50 = oh["full_p50"] - oh["base_p50"]
     over99 = oh["full_p99"] - oh["base_p99"]
     print(f"  instrumentation overhead: p50 {over50:.2f} us, p99 {over99:.2f} us")
@@ -173,8 +178,7 @@ async def main() -> None:
 
     n = calls * blocks
     real = await overhead(args.redis_url, calls, blocks, real_redis=True)
-    report_overhead("L1 = RedisTier on the real Redis (a few us inside ~100 us of jitter)",
-                    real, n)
+    report_overhead("L1 = RedisTier on the real Redis (a few us inside ~100 us of jitter)", real, n)
     sat = await overhead(args.redis_url, calls, blocks, real_redis=False)
     # The figure reported: measurable, and an upper bound for an agent whose loop idles.
     over99 = report_overhead("worst case: in-process tier, the loop never idles", sat, n)
