@@ -158,6 +158,14 @@ class DeliveryLoop(faust_consumer.Consumer):
                 return callback
             return get_handler(tp) or callback
 
+        def unchanged(tp: TP, epoch: Any, generation_id: int) -> bool:
+            """Not sought, flow not suspended and not rebalanced since the fetch."""
+            return (
+                get_epoch(tp) == epoch
+                and consumer.flow_active
+                and app.consumer_generation_id == generation_id
+            )
+
         async def deliver(
             tp: TP, batch: list[Any], i: int, end: int, epoch: Any, generation_id: int
         ) -> None:
@@ -176,11 +184,7 @@ class DeliveryLoop(faust_consumer.Consumer):
             handler: Any = callback
             while i < end:
                 if resumed[0] != checked:
-                    if (
-                        get_epoch(tp) != epoch
-                        or not consumer.flow_active
-                        or app.consumer_generation_id != generation_id
-                    ):
+                    if not unchanged(tp, epoch, generation_id):
                         progress[0] = i  # sought, suspended or rebalanced: re-read later
                         return
                     handler = handler_for(tp)
@@ -260,11 +264,7 @@ class DeliveryLoop(faust_consumer.Consumer):
                                 else:
                                     await sleep(0)
                                 num_since_yield = 0
-                            if (
-                                get_epoch(tp) != epoch
-                                or not self.flow_active
-                                or app.consumer_generation_id != generation_id
-                            ):
+                            if not unchanged(tp, epoch, generation_id):
                                 break  # sought, suspended or rebalanced: re-read later
                             try:
                                 batch = await parse_some(unparsed, yield_every - num_since_yield)
@@ -280,11 +280,7 @@ class DeliveryLoop(faust_consumer.Consumer):
                                 break
                             i, n = 0, len(batch)
                             while i < n:
-                                if (
-                                    get_epoch(tp) != epoch
-                                    or not self.flow_active
-                                    or app.consumer_generation_id != generation_id
-                                ):
+                                if not unchanged(tp, epoch, generation_id):
                                     stopped = True  # sought, suspended or rebalanced
                                     break
                                 pending = start_eagerly(
@@ -308,12 +304,7 @@ class DeliveryLoop(faust_consumer.Consumer):
                                 stopped_at = progress[0]
                                 num_since_yield += stopped_at - i
                                 i = stopped_at
-                                if (
-                                    i < n
-                                    and get_epoch(tp) == epoch
-                                    and self.flow_active
-                                    and app.consumer_generation_id == generation_id
-                                ):
+                                if i < n and unchanged(tp, epoch, generation_id):
                                     # A gap or a due commit before record i: Faust's step.
                                     num_since_yield += 1
                                     message = batch[i]
