@@ -287,6 +287,12 @@ class FetchingConsumer(PositionsConsumer):
             epoch = epochs.get(tp)
             if epoch != started[tp]:
                 continue  # sought while we were reading: drop, re-read from the new position
+            if last_id[:2] == b"0-" and last_id[2:].isdigit() and tp in self._positions:
+                # the offset after the last entry (offset = sequence - 1), known
+                # before any entry is parsed (not for a partition revoked meanwhile)
+                after = int(last_id[2:])
+                if after > self._highwaters.get(tp, 0):
+                    self._highwaters[tp] = after
             unparsed = self._unparsed(
                 tp, stream, flat, start, n, last_id, now, epoch, as_messages or lazy
             )
@@ -369,12 +375,6 @@ class FetchingConsumer(PositionsConsumer):
             ):
                 u.offset = int(first_id[2:]) - 2
                 u.dense = int(last_id[2:]) - u.offset - 2 == n - 1
-            if last_id[:2] == b"0-" and last_id[2:].isdigit() and tp in self._positions:
-                # the offset after the last entry (offset = sequence - 1), known
-                # before any entry is parsed
-                end = int(last_id[2:])
-                if end > self._highwaters.get(tp, 0):
-                    self._highwaters[tp] = end
         if u.dense and as_messages:
             plans = self._message_plans
             fast = plans.get(tp)
